@@ -1,0 +1,88 @@
+"""Shared types: metrics, precisions and the search result.
+
+One metric table (STYLE.md #6): every metric is ranked by a cheap "larger is better" score
+inside the scan, and corrected once at the end:
+
+| metric | scan score (larger wins)  | reported score                  | filler |
+|--------|---------------------------|---------------------------------|--------|
+| "ip"   | <q, x>                    | <q, x>, descending              | -inf   |
+| "cos"  | <q/|q|, x/|x|>            | cosine similarity, descending   | -inf   |
+| "l2"   | <q, x> - |x|^2 / 2        | squared distance, ascending     | +inf   |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Union
+
+import numpy as np
+import torch
+
+MetricLike = Literal["ip", "l2", "cos"]
+PrecisionLike = Literal["fp32", "bf16"]
+VectorsLike = Union[torch.Tensor, np.ndarray]
+
+METRICS = ("ip", "l2", "cos")
+_PRECISIONS = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def check_metric(metric: str) -> str:
+    """Return `metric` if it is one of "ip", "l2", "cos"; raise ValueError otherwise."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def scan_dtype(precision: Union[str, torch.dtype]) -> torch.dtype:
+    """Map a precision name ("fp32"/"bf16") or torch dtype to the dtype scores are computed in."""
+    if isinstance(precision, torch.dtype):
+        if precision in (torch.float32, torch.bfloat16):
+            return precision
+        raise ValueError(f"precision must be float32 or bfloat16, got {precision}")
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return _PRECISIONS[precision]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def is_distance(metric: str) -> bool:
+    """True when reported scores are distances (smaller is better)."""
+    return metric == "l2"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """Neighbours of each query, best first.
+
+    scores: f32[nq, k]  inner products / cosines (descending) or squared L2 distances (ascending),
+                        computed exactly in fp32 for the returned ids.
+    ids:    i64[nq, k]  ids (row numbers for `search`, user ids for `Index.search`); -1 where
+                        fewer than k candidates exist, with score -inf (ip/cos) or +inf (l2) there.
+    """
+
+    scores: torch.Tensor
+    ids: torch.Tensor
+
+    def __iter__(self):  # allows `scores, ids = result`
+        yield self.scores
+        yield self.ids
+
+    def mean_recall(self, expected: VectorsLike) -> float:
+        """Mean over queries of |ids[q] ∩ expected[q, :k]| / k, for i64[nq, >=k] true neighbours."""
+        expected = torch.as_tensor(expected)
+        k = self.ids.shape[1]
+        if expected.ndim != 2 or expected.shape[0] != self.ids.shape[0] or expected.shape[1] < k:
+            raise ValueError(
+                f"expected must have shape [{self.ids.shape[0]}, >={k}], got {tuple(expected.shape)}"
+            )
+        truth = expected[:, :k].to(torch.int64)
+        hits = (self.ids.unsqueeze(2) == truth.unsqueeze(1)) & (self.ids.unsqueeze(2) >= 0)
+        return float(hits.any(2).sum()) / float(truth.numel())

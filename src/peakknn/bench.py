@@ -1,0 +1,155 @@
+"""`peakknn bench`: recall, queries/s, build time and memory of peakknn next to its peers.
+
+Every method answers the same queries in the same process; recall is computed by
+`data.recall_at_k` (ties allowed) against the file's ground truth, or against an exact fp32
+torch search for synthetic data. Times are medians over `repeat` runs of the whole query batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from .data import Dataset, load_hdf5, recall_at_k, synthetic
+from .index import Index
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Row:
+    method: str
+    recall: float
+    qps: float
+    search_s: float
+    build_s: float
+    memory_mb: float
+
+
+def _progress(iterable, desc: str, total: int | None = None):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+def torch_exact(train: torch.Tensor, test: torch.Tensor, k: int, metric: str, block: int = 64) -> np.ndarray:
+    """The PyTorch user's exact search: matmul + topk over query blocks. i64[nq, k] ids."""
+    x, q = train, test
+    if metric == "cos":
+        x = torch.nn.functional.normalize(x, dim=1)
+        q = torch.nn.functional.normalize(q, dim=1)
+    half_norms = 0.5 * (x * x).sum(1) if metric == "l2" else None
+    out = []
+    for i in _progress(range(0, q.shape[0], block), "torch exact", -(-q.shape[0] // block)):
+        s = q[i : i + block] @ x.T
+        if half_norms is not None:
+            s -= half_norms
+        out.append(torch.topk(s, k, dim=1).indices)
+    return torch.cat(out).numpy()
+
+
+def _timed(fn, repeat: int):
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return result, statistics.median(times)
+
+
+def run_bench(
+    ds: Dataset,
+    *,
+    k: int = 10,
+    recall_target: float = 0.99,
+    precision: str = "bf16",
+    repeat: int = 3,
+    peers: bool = True,
+) -> list[Row]:
+    train_t, test_t = torch.from_numpy(ds.train), torch.from_numpy(ds.test)
+    n, d = ds.train.shape
+    nq = ds.test.shape[0]
+    rows: list[Row] = []
+    neighbors = ds.neighbors
+    exact_ids, exact_s = None, None
+    if peers or neighbors is None:
+        exact_ids, exact_s = _timed(lambda: torch_exact(train_t, test_t, k, ds.metric), 1)
+        if neighbors is None:
+            neighbors = exact_ids
+
+    def recall(ids):
+        return recall_at_k(np.asarray(ids), neighbors, ds.train, ds.test, ds.metric)
+
+    t0 = time.perf_counter()
+    index = Index(d, metric=ds.metric, dtype=precision)
+    step = max(1, n // 20)
+    for i in _progress(range(0, n, step), "peakknn build", -(-n // step)):
+        index.add(train_t[i : i + step])
+    build = time.perf_counter() - t0
+    index.search(test_t[: min(nq, 8)], k, recall_target=recall_target)  # warm-up
+    res, secs = _timed(lambda: index.search(test_t, k, recall_target=recall_target), repeat)
+    rows.append(Row(f"peakknn {precision} r={recall_target}", recall(res.ids.numpy()), nq / secs, secs, build, index.memory_bytes / 2**20))
+
+    if peers:
+        rows.append(Row("torch exact (mm+topk)", recall(exact_ids), nq / exact_s, exact_s, 0.0, n * d * 4 / 2**20))
+        rows.extend(_faiss_rows(ds, k, repeat, recall))
+    return rows
+
+
+def _faiss_rows(ds: Dataset, k: int, repeat: int, recall) -> list[Row]:
+    try:
+        import faiss
+    except ImportError:
+        LOG.warning("faiss is not installed (pip install faiss-cpu): skipping the FAISS baseline")
+        return []
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    train, test = ds.train, ds.test
+    if ds.metric == "cos":
+        train = train / np.linalg.norm(train, axis=1, keepdims=True)
+        test = test / np.linalg.norm(test, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    if ds.metric == "l2":
+        name, index = "faiss IndexFlatL2", faiss.IndexFlatL2(train.shape[1])
+    else:
+        name, index = "faiss IndexFlatIP", faiss.IndexFlatIP(train.shape[1])
+    index.add(np.ascontiguousarray(train, dtype=np.float32))
+    build = time.perf_counter() - t0
+    (_, ids), secs = _timed(lambda: index.search(np.ascontiguousarray(test, dtype=np.float32), k), repeat)
+    return [Row(name, recall(ids), test.shape[0] / secs, secs, build, train.nbytes / 2**20)]
+
+
+def format_table(rows: list[Row], title: str) -> str:
+    lines = [title, "", "| method | recall@k | queries/s | search s | build s | memory MiB |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.method} | {r.recall:.4f} | {r.qps:,.0f} | {r.search_s:.3f} | {r.build_s:.2f} | {r.memory_mb:,.0f} |")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    if args.dataset:
+        ds = load_hdf5(args.dataset)
+        if args.nq:
+            ds.test, ds.neighbors = ds.test[: args.nq], None if ds.neighbors is None else ds.neighbors[: args.nq]
+    else:
+        ds = synthetic(args.n, args.d, args.nq or 1000, seed=args.seed)
+    if ds.neighbors is not None and ds.neighbors.shape[1] < args.k:
+        raise ValueError(f"the file's ground truth has {ds.neighbors.shape[1]} neighbours, fewer than k={args.k}")
+    rows = run_bench(ds, k=args.k, recall_target=args.recall_target, precision=args.precision, repeat=args.repeat, peers=not args.no_peers)
+    n, d = ds.train.shape
+    title = f"{ds.name}: n={n:,} d={d} queries={ds.test.shape[0]:,} k={args.k} metric={ds.metric} threads={args.threads}"
+    print(format_table(rows, title))
+    if args.json:
+        payload = {"dataset": ds.name, "n": n, "d": d, "nq": ds.test.shape[0], "k": args.k, "metric": ds.metric,
+                   "threads": args.threads, "rows": [dataclasses.asdict(r) for r in rows]}  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=1)
+    return 0

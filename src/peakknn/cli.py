@@ -1,0 +1,96 @@
+"""Command line: `peakknn bench | build | search` (also `python -m peakknn`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peakknn", description="k-nearest-neighbour search at peak FLOP/s")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="recall, queries/s, build time and memory next to FAISS and torch")
+    b.add_argument("--dataset", help="ann-benchmarks HDF5 file (default: synthetic random data)")
+    b.add_argument("--n", type=int, default=1_000_000, help="synthetic database rows")
+    b.add_argument("--d", type=int, default=128, help="synthetic dimension")
+    b.add_argument("--nq", type=int, default=None, help="queries (synthetic default 1000; a file: its first NQ)")
+    b.add_argument("--k", type=int, default=10)
+    b.add_argument("--recall-target", type=float, default=0.99)
+    b.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--repeat", type=int, default=3, help="timed runs per method (median)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-peers", action="store_true", help="skip FAISS and torch")
+    b.add_argument("--json", help="also write the numbers to this JSON file")
+
+    s = sub.add_parser("build", help="vectors (.npy or HDF5) -> saved index directory")
+    s.add_argument("vectors", help=".npy file, or HDF5 file (dataset --key)")
+    s.add_argument("out", help="index directory to write")
+    s.add_argument("--key", default="train", help="HDF5 dataset holding the vectors")
+    s.add_argument("--metric", choices=["ip", "l2", "cos"], default=None, help="default: the HDF5 distance, else ip")
+    s.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+
+    q = sub.add_parser("search", help="saved index + query vectors -> ids/scores .npy")
+    q.add_argument("index", help="index directory")
+    q.add_argument("queries", help=".npy file, or HDF5 file (dataset --key)")
+    q.add_argument("--key", default="test", help="HDF5 dataset holding the queries")
+    q.add_argument("--k", type=int, default=10)
+    q.add_argument("--recall-target", type=float, default=None, help="default: the index's setting")
+    q.add_argument("--ids-out", default="ids.npy")
+    q.add_argument("--scores-out", default="scores.npy")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(args)
+        if args.command == "build":
+            return _build(args)
+        return _search(args)
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as e:
+        print(f"peakknn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _build(args) -> int:
+    from .data import HDF5_METRICS, load_vectors
+    from .index import Index
+
+    vectors = load_vectors(args.vectors, args.key)
+    metric = args.metric
+    if metric is None:
+        metric = "ip"
+        if args.vectors.endswith((".h5", ".hdf5")):
+            from .data import _h5py
+
+            with _h5py().File(args.vectors, "r") as f:
+                metric = HDF5_METRICS.get(str(f.attrs.get("distance", "dot")), "ip")
+    index = Index(vectors.shape[1], metric=metric, dtype=args.precision)
+    index.add(vectors)
+    index.save(args.out)
+    print(f"built {index!r} -> {args.out}")
+    return 0
+
+
+def _search(args) -> int:
+    from .data import load_vectors
+    from .index import Index
+
+    index = Index.load(args.index)
+    queries = load_vectors(args.queries, args.key)
+    result = index.search(queries, args.k, recall_target=args.recall_target)
+    np.save(args.ids_out, result.ids.numpy())
+    np.save(args.scores_out, result.scores.numpy())
+    print(f"searched {queries.shape[0]} queries, k={args.k} -> {args.ids_out}, {args.scores_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

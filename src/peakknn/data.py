@@ -1,0 +1,113 @@
+"""Data for benchmarks and the command line: ann-benchmarks HDF5 files, .npy files, synthetic sets,
+and recall measured the same way for every method."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# ann-benchmarks "distance" attribute -> peakknn metric
+HDF5_METRICS = {"angular": "cos", "cosine": "cos", "euclidean": "l2", "l2": "l2", "dot": "ip", "ip": "ip"}
+
+
+@dataclasses.dataclass
+class Dataset:
+    """train f32[n, d], test f32[nq, d], neighbors i64[nq, >=k] (exact, best first), metric."""
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    neighbors: np.ndarray | None
+    metric: str
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("reading HDF5 files needs h5py: pip install 'peakknn[bench]'") from None
+    return h5py
+
+
+def load_hdf5(path: str | Path) -> Dataset:
+    """Read an ann-benchmarks file (datasets train, test, neighbors; attribute distance)."""
+    h5py = _h5py()
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable HDF5 file: {e}") from None
+    with f:
+        missing = [key for key in ("train", "test") if key not in f]
+        if missing:
+            raise ValueError(f"{path} has no dataset {missing[0]!r} (ann-benchmarks layout expected)")
+        distance = f.attrs.get("distance", "angular")
+        distance = distance.decode() if isinstance(distance, bytes) else str(distance)
+        if distance not in HDF5_METRICS:
+            raise ValueError(f"{path}: unsupported distance {distance!r}; known: {sorted(HDF5_METRICS)}")
+        neighbors = np.asarray(f["neighbors"], dtype=np.int64) if "neighbors" in f else None
+        return Dataset(
+            name=path.stem,
+            train=np.ascontiguousarray(f["train"], dtype=np.float32),
+            test=np.ascontiguousarray(f["test"], dtype=np.float32),
+            neighbors=neighbors,
+            metric=HDF5_METRICS[distance],
+        )
+
+
+def load_vectors(path: str | Path, key: str = "train") -> np.ndarray:
+    """f32[n, d] from a .npy file (never unpickled) or the dataset `key` of an HDF5 file."""
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5"):
+        h5py = _h5py()
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise ValueError(f"{path} has no dataset {key!r}")
+            return np.ascontiguousarray(f[key], dtype=np.float32)
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a plain .npy array: {e}") from None
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{path} must hold a 2-d numeric array, got {arr.dtype}{list(arr.shape)}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    raise ValueError(f"{path}: expected a .npy or .hdf5 file")
+
+
+def synthetic(n: int = 1_000_000, d: int = 128, nq: int = 1000, seed: int = 0) -> Dataset:
+    """Gaussian random vectors, inner product; neighbors are left for the caller to compute."""
+    g = torch.Generator().manual_seed(seed)
+    train = torch.randn(n, d, generator=g).numpy()
+    test = torch.randn(nq, d, generator=g).numpy()
+    return Dataset(name=f"random-{n}x{d}", train=train, test=test, neighbors=None, metric="ip")
+
+
+def exact_scores(train: np.ndarray, test: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
+    """f64[nq, m] rank scores (larger is better) of rows `ids` (i64[nq, m], -1 allowed: -inf)."""
+    x = train[np.clip(ids, 0, None)].astype(np.float64)  # [nq, m, d]
+    q = test.astype(np.float64)[:, None, :]
+    if metric == "cos":
+        x = x / np.linalg.norm(x, axis=2, keepdims=True)
+        q = q / np.linalg.norm(q, axis=2, keepdims=True)
+    s = -((x - q) ** 2).sum(2) if metric == "l2" else (x * q).sum(2)
+    return np.where(ids >= 0, s, -np.inf)
+
+
+def recall_at_k(ids: np.ndarray, neighbors: np.ndarray, train: np.ndarray, test: np.ndarray, metric: str) -> float:
+    """Mean recall@k allowing ties: a returned id counts when it is one of the true k nearest,
+    or scores (in float64) at least as well as the k-th true neighbour, up to 1e-6 relative."""
+    k = ids.shape[1]
+    truth = neighbors[:, :k]
+    kth = exact_scores(train, test, truth[:, -1:], metric)  # [nq, 1]
+    got = exact_scores(train, test, ids, metric)
+    tol = 1e-6 * np.maximum(1.0, np.abs(kth))
+    hit = (got >= kth - tol) | (ids[:, :, None] == truth[:, None, :]).any(2)
+    hit &= ids >= 0
+    unique = np.array([len(set(row[row >= 0].tolist())) == (row >= 0).sum() for row in ids])
+    if not unique.all():
+        raise ValueError("a method returned the same id twice for one query")
+    return float(hit.sum()) / float(ids.size)

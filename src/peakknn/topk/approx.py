@@ -1,0 +1,119 @@
+"""approx_topk: a drop-in for torch.topk built on the two-stage (binned) top-k.
+
+    values, indices = approx_topk(x, k, dim=-1, recall_target=0.95)
+
+x: float[..., n, ...] (fp32/fp16/bf16/fp64, any rank, any dim, any strides).
+Semantics (exactly those of `reference.approx_topk_reference`): with L bins from
+`plan_bins(n, k, recall_target, per_bin)`, element j of `dim` goes to bin j mod L, each bin keeps
+its best `per_bin`, and the result is the exact, sorted top-k over the winners. The expected
+recall against torch.topk is >= recall_target when the true top-k fall into bins at random
+(strided bins keep contiguous runs of large values apart). recall_target=1.0 is torch.topk.
+Values are gathered from x, so gradients flow to the selected entries as with torch.topk.
+
+Fast path (per_bin == 1): one pass over x computes the best of each bin inside tiles of
+TILE_GROUPS * L consecutive elements (a strided max over a [tiles, TILE_GROUPS, L] view, no
+index bookkeeping), then an exact top-k picks the winning bins, and only the winning tiles are
+revisited to recover the index. per_bin > 1 runs the plain reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_k, check_per_bin, check_recall_target
+from .plan import plan_bins
+from .reference import approx_topk_reference
+
+TILE_GROUPS = 16  # rows of bins per tile: index recovery revisits TILE_GROUPS elements per winner
+_BLOCK_ELEMENTS = 1 << 26  # rows are processed in blocks of about this many elements (bounded memory)
+
+
+def approx_topk(
+    x: torch.Tensor,
+    k: int,
+    dim: int = -1,
+    *,
+    recall_target: float = 0.95,
+    largest: bool = True,
+    per_bin: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate top-k of x along dim; returns (values, indices) shaped like torch.topk's."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d tensor")
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim must be in [{-x.ndim}, {x.ndim - 1}], got {dim}")
+    n = x.shape[dim]
+    k = check_k(k, limit=n)
+    recall_target = check_recall_target(recall_target)
+    per_bin = check_per_bin(per_bin)
+    bins = plan_bins(n, k, recall_target, per_bin)
+    if bins is None:
+        return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
+    if per_bin != 1:
+        return approx_topk_reference(x, k, dim, recall_target=recall_target, largest=largest, per_bin=per_bin)
+    moved = x.movedim(dim, -1)
+    batch = moved.shape[:-1]
+    rows = moved.reshape(-1, n)  # a view when x is contiguous along dim; a copy otherwise
+    with torch.no_grad():
+        indices = _binned_topk_indices(rows.detach(), k, bins, largest)
+    values = rows.gather(1, indices)
+    return values.reshape(*batch, k).movedim(-1, dim), indices.reshape(*batch, k).movedim(-1, dim)
+
+
+def _binned_topk_indices(rows: torch.Tensor, k: int, bins: int, largest: bool) -> torch.Tensor:
+    """i64[R, k] indices of the sorted top-k bin winners of each row of rows: [R, n]."""
+    n = rows.shape[1]
+    block = max(1, _BLOCK_ELEMENTS // n)
+    out = [_binned_block(rows[i : i + block], k, bins, largest) for i in range(0, rows.shape[0], block)]
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _binned_block(rows: torch.Tensor, k: int, bins: int, largest: bool) -> torch.Tensor:
+    r, n = rows.shape
+    reduce = torch.amax if largest else torch.amin
+    pick = torch.argmax if largest else torch.argmin
+    tile = TILE_GROUPS * bins
+    full = n // tile
+    worst = float("-inf") if largest else float("inf")
+    tile_best = None
+    if full:
+        tile_best = reduce(rows[:, : full * tile].view(r, full, TILE_GROUPS, bins), dim=2)  # [r, full, bins]
+    if n > full * tile:  # last partial tile, padded with the worst value (positions >= n)
+        last = torch.full((r, 1, tile), worst, dtype=rows.dtype, device=rows.device)
+        last[:, 0, : n - full * tile] = rows[:, full * tile :]
+        last_best = reduce(last.view(r, 1, TILE_GROUPS, bins), dim=2)  # [r, 1, bins]
+        tile_best = last_best if tile_best is None else (tile_best, last_best)
+    if isinstance(tile_best, tuple):  # no concatenation of the large part: reduce both and combine
+        main, last_best = tile_best
+        bin_best = _pairwise(reduce(main, dim=1), last_best[:, 0], largest)
+    else:
+        bin_best = reduce(tile_best, dim=1)  # [r, bins]
+    _, top_bins = torch.topk(bin_best, k, dim=1, largest=largest, sorted=True)  # [r, k]
+    # Winning tile of each chosen bin: the first tile reaching the bin's best (argmax takes the first).
+    if isinstance(tile_best, tuple):
+        main_per_tile = main.gather(2, top_bins.unsqueeze(1).expand(r, main.shape[1], k))  # [r, full, k]
+        last_per_tile = last_best[:, 0].gather(1, top_bins)  # [r, k]
+        win_tile = pick(main_per_tile, dim=1)
+        main_val = main_per_tile.gather(1, win_tile.unsqueeze(1)).squeeze(1)
+        beats = last_per_tile > main_val if largest else last_per_tile < main_val
+        win_tile = torch.where(beats, torch.full_like(win_tile, full), win_tile)
+    else:
+        per_tile = tile_best.gather(2, top_bins.unsqueeze(1).expand(r, tile_best.shape[1], k))  # [r, tiles, k]
+        win_tile = pick(per_tile, dim=1)  # [r, k]
+    # Revisit the TILE_GROUPS elements of (win_tile, bin): positions t*tile + g*bins + b.
+    offsets = torch.arange(TILE_GROUPS, device=rows.device) * bins
+    pos = (win_tile * tile + top_bins).unsqueeze(2) + offsets  # [r, k, TILE_GROUPS]
+    in_range = pos < n
+    cand = rows.gather(1, pos.clamp_max(n - 1).view(r, -1)).view(r, k, TILE_GROUPS)
+    if not bool(in_range.all()):
+        cand = cand.masked_fill(~in_range, worst)
+    best_in_tile = pick(cand, dim=2, keepdim=True)  # first maximum, so real elements beat padding
+    return pos.gather(2, best_in_tile).squeeze(2)
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor, largest: bool) -> torch.Tensor:
+    return torch.maximum(a, b) if largest else torch.minimum(a, b)

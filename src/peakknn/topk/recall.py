@@ -1,0 +1,74 @@
+"""Expected recall of the two-stage (binned) top-k, and the number of bins for a target.
+
+The n scores are split into L bins (element j -> bin j mod L); each bin keeps its best
+`per_bin` = k' elements, and an exact top-k runs over the L * k' winners. If the true top-k fall
+into bins uniformly at random, the i-th best is lost exactly when k' or more of the i-1 better
+ones share its bin, so (Chern et al. 2022 for k' = 1; Samaga et al. 2025 for k' > 1)
+
+    E[recall] = (1/k) * sum_{i=1..k} P[Binomial(i-1, 1/L) < k'],
+
+which for k' = 1 is (L/k) * (1 - (1 - 1/L)^k) ~ 1 - (k-1)/(2L).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import check_k, check_per_bin, check_recall_target
+
+
+def expected_recall(k: int, bins: int, *, per_bin: int = 1) -> float:
+    """Exact expected recall of the top-k when `bins` bins each keep their best `per_bin`."""
+    k = check_k(k)
+    per_bin = check_per_bin(per_bin)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    if bins * per_bin < k:
+        raise ValueError(f"bins * per_bin must be >= k to hold k winners, got {bins} * {per_bin} < {k}")
+    if bins == 1:  # one bin keeps its best per_bin: the first min(k, per_bin) are kept
+        return min(k, per_bin) / k
+    p = 1.0 / bins
+    m = np.arange(k, dtype=np.float64)  # m = i - 1 better elements, i = 1..k
+    if per_bin == 1:
+        kept = np.exp(m * math.log1p(-p))
+    else:
+        # P[Binomial(m, p) < per_bin] = sum_{j < per_bin} C(m, j) p^j (1-p)^(m-j), in log space.
+        kept = np.zeros(k)
+        lgm = np.array([math.lgamma(v + 1.0) for v in m])
+        for j in range(per_bin):
+            valid = m >= j
+            mj = m[valid]
+            log_c = lgm[valid] - math.lgamma(j + 1.0) - np.array([math.lgamma(v - j + 1.0) for v in mj])
+            kept[valid] += np.exp(log_c + j * math.log(p) + (mj - j) * math.log1p(-p))
+        kept = np.minimum(kept, 1.0)
+    return float(kept.mean())
+
+
+def bins_for_recall(k: int, recall_target: float, *, per_bin: int = 1) -> int:
+    """Smallest number of bins L whose expected recall (see module doc) is >= recall_target.
+
+    Raises ValueError for recall_target == 1.0 when k > per_bin: no finite L guarantees it
+    (callers treat 1.0 as "exact").
+    """
+    k = check_k(k)
+    per_bin = check_per_bin(per_bin)
+    target = check_recall_target(recall_target)
+    lo = max(1, -(-k // per_bin))
+    if expected_recall(k, lo, per_bin=per_bin) >= target:
+        return lo
+    if target >= 1.0:
+        raise ValueError(f"recall_target 1.0 needs an exact top-k (k={k} > per_bin={per_bin})")
+    hi = lo
+    while expected_recall(k, hi, per_bin=per_bin) < target:
+        lo, hi = hi, hi * 2
+        if hi > 1 << 62:
+            raise ValueError(f"recall_target {target} is too close to 1 for k={k}")
+    while hi - lo > 1:  # invariant: recall(lo) < target <= recall(hi)
+        mid = (lo + hi) // 2
+        if expected_recall(k, mid, per_bin=per_bin) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,47 @@
+"""Plain-torch approximate top-k: the specification the fast paths are tested against.
+
+approx_topk_reference(x, k) with L = plan_bins(n, k, recall_target, per_bin) bins:
+element j of the reduced dimension goes to bin j mod L; each bin keeps its best `per_bin`
+elements; the result is the exact top-k (sorted) over those L * per_bin winners. When
+plan_bins returns None the result is torch.topk's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .plan import plan_bins
+
+
+def approx_topk_reference(
+    x: torch.Tensor,
+    k: int,
+    dim: int = -1,
+    *,
+    recall_target: float = 0.95,
+    largest: bool = True,
+    per_bin: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference two-stage top-k of x along dim. Returns (values, indices) like torch.topk."""
+    n = x.shape[dim]
+    bins = plan_bins(n, k, recall_target, per_bin)
+    if bins is None:
+        return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
+    moved = x.movedim(dim, -1)
+    batch = moved.shape[:-1]
+    rows = moved.reshape(-1, n)
+    groups = -(-n // bins)
+    fill = float("-inf") if largest else float("inf")
+    padded = torch.full((rows.shape[0], groups * bins), fill, dtype=x.dtype, device=x.device)
+    padded[:, :n] = rows
+    # [rows, groups, bins]: column b holds elements b, b + L, b + 2L, ... (bin b).
+    # A stable sort ranks real elements ahead of the padding (always last) even when they tie with it.
+    sorted_vals, order = torch.sort(padded.view(-1, groups, bins), dim=1, descending=largest, stable=True)
+    win_vals, win_group = sorted_vals[:, :per_bin], order[:, :per_bin]
+    win_index = win_group * bins + torch.arange(bins, device=x.device)
+    win_vals = win_vals.reshape(rows.shape[0], -1)
+    win_index = win_index.reshape(rows.shape[0], -1)
+    _, pos = torch.topk(win_vals, k, dim=1, largest=largest, sorted=True)
+    indices = win_index.gather(1, pos)
+    values = rows.gather(1, indices)
+    return values.reshape(*batch, k).movedim(-1, dim), indices.reshape(*batch, k).movedim(-1, dim)
