@@ -1,0 +1,111 @@
+import json
+
+import pytest
+import torch
+
+from peakknn import Index
+
+
+@pytest.fixture
+def saved(tmp_path):
+    index = Index(12, metric="l2")
+    index.add(torch.randn(3000, 12))
+    index.remove([1, 2, 3])
+    index.upsert(torch.randn(2, 12), ids=[10, 777])
+    path = tmp_path / "ix"
+    index.save(path)
+    return index, path
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2", "cos"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_round_trip_identical_results(tmp_path, metric, dtype):
+    index = Index(12, metric=metric, dtype=dtype, recall_target=0.9)
+    index.add(torch.randn(5000, 12))
+    index.remove([0, 17])
+    q = torch.randn(40, 12)
+    index.save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix")
+    assert repr(loaded) == repr(index) and torch.equal(loaded.ids, index.ids)
+    for target in (0.9, 1.0):
+        a, b = index.search(q, 10, recall_target=target), loaded.search(q, 10, recall_target=target)
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
+    # updates after loading behave as they would have on the original
+    new = torch.randn(300, 12)
+    index.add(new)
+    loaded.add(new)
+    a, b = index.search(q, 10), loaded.search(q, 10)
+    assert torch.equal(a.ids, b.ids)
+
+
+def test_resave_replaces_and_cleans_up(saved):
+    index, path = saved
+    index.add(torch.randn(5, 12))
+    index.save(path)
+    assert len(list(path.glob("arrays-*"))) == 1
+    assert len(Index.load(path)) == len(index)
+
+
+def test_crash_before_manifest_swap_keeps_previous_copy(saved, monkeypatch):
+    index, path = saved
+    n_before = len(index)
+    index.add(torch.randn(5, 12))
+    import peakknn.io as io
+
+    def crash(*a, **k):
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(io.os, "replace", crash)
+    with pytest.raises(OSError):
+        index.save(path)
+    monkeypatch.undo()
+    assert len(Index.load(path)) == n_before
+
+
+def _arrays_file(path):
+    return next(path.glob("arrays-*.safetensors"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest_json", "version", "missing_arrays", "field_type", "no_manifest"])
+def test_corrupt_files_are_rejected(saved, damage):
+    _, path = saved
+    manifest = path / "manifest.json"
+    if damage == "truncate":
+        f = _arrays_file(path)
+        f.write_bytes(f.read_bytes()[:-100])
+    elif damage == "flip":
+        f = _arrays_file(path)
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    elif damage == "manifest_json":
+        manifest.write_text("{not json")
+    elif damage == "version":
+        m = json.loads(manifest.read_text())
+        m["version"] = 99
+        manifest.write_text(json.dumps(m))
+    elif damage == "missing_arrays":
+        _arrays_file(path).unlink()
+    elif damage == "field_type":
+        m = json.loads(manifest.read_text())
+        m["dim"] = "12"
+        manifest.write_text(json.dumps(m))
+    else:
+        manifest.unlink()
+    with pytest.raises(ValueError):
+        Index.load(path)
+
+
+def test_mismatched_arrays_rejected_even_with_valid_checksum(saved):
+    import hashlib
+
+    from safetensors.torch import save
+
+    _, path = saved
+    m = json.loads((path / "manifest.json").read_text())
+    blob = save({"vectors": torch.zeros(2, 3), "slots": torch.zeros(2, dtype=torch.int64), "ids": torch.zeros(2, dtype=torch.int64), "free": torch.zeros(0, dtype=torch.int64)})
+    (path / m["arrays"]).write_bytes(blob)
+    m["sha256"] = hashlib.sha256(blob).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="vectors"):
+        Index.load(path)

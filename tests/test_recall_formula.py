@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+
+from peakknn import bins_for_recall, expected_recall
+
+
+@pytest.mark.parametrize("k,bins", [(1, 1), (10, 90), (10, 448), (100, 1000), (7, 13)])
+def test_closed_form_per_bin_1(k, bins):
+    closed = (bins / k) * (1 - (1 - 1 / bins) ** k)
+    assert expected_recall(k, bins) == pytest.approx(closed, rel=1e-12)
+
+
+def test_per_bin_matches_simulation():
+    rng = np.random.default_rng(0)
+    k, bins, per_bin, trials = 20, 12, 3, 20000
+    place = rng.integers(0, bins, size=(trials, k))
+    kept = np.zeros(trials)
+    for i in range(k):  # the i-th best is kept when fewer than per_bin better ones share its bin
+        kept += (place[:, :i] == place[:, i : i + 1]).sum(1) < per_bin
+    simulated = kept.mean() / k
+    assert expected_recall(k, bins, per_bin=per_bin) == pytest.approx(simulated, abs=4 / math.sqrt(trials))
+
+
+@pytest.mark.parametrize("k,target,per_bin", [(10, 0.95, 1), (10, 0.99, 1), (100, 0.9, 1), (10, 0.95, 2), (64, 0.99, 4), (1, 0.5, 1)])
+def test_bins_for_recall_is_smallest(k, target, per_bin):
+    bins = bins_for_recall(k, target, per_bin=per_bin)
+    assert expected_recall(k, bins, per_bin=per_bin) >= target
+    if bins > -(-k // per_bin):
+        assert expected_recall(k, bins - 1, per_bin=per_bin) < target
+
+
+def test_known_values():
+    assert bins_for_recall(10, 0.95) in range(85, 95)  # DESIGN.md: "k=10, r=0.95 needs L ~ 90"
+    assert bins_for_recall(10, 0.95, per_bin=2) < bins_for_recall(10, 0.95) / 4
+    assert bins_for_recall(3, 1.0, per_bin=3) == 1
+
+
+@pytest.mark.parametrize("call", [
+    lambda: bins_for_recall(10, 1.0), lambda: bins_for_recall(0, 0.9), lambda: bins_for_recall(10, 0.0),
+    lambda: bins_for_recall(10, 1.5), lambda: expected_recall(10, 5), lambda: expected_recall(10, 0),
+    lambda: bins_for_recall(10, 0.9, per_bin=0),
+])  # fmt: skip
+def test_bad_arguments(call):
+    with pytest.raises(ValueError):
+        call()
