@@ -127,7 +127,7 @@ def scan_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torc
     return slots.clamp_max(table.n - 1), valid
 
 
-def scan_exact(table: Table, q32: torch.Tensor, k: int, metric_l2: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def scan_exact(table: Table, q32: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k slots by fp32 rank score: i64[nq, min(k, n)] slots and their validity."""
     nq = q32.shape[0]
     kk = min(k, table.n)

@@ -113,7 +113,7 @@ def run_search(
     for i in range(0, nq, block):
         q = q32[i : i + block]
         if plan is None:
-            cand, valid = _scan.scan_exact(table, q, k, metric == "l2")
+            cand, valid = _scan.scan_exact(table, q, k)
         else:
             cand, valid = _scan.scan_cells(table, scan_queries(q, table.scan_dtype), plan)
         r, s = _scan.rescore(table, q, cand, valid, k, metric, max_memory)
