@@ -10,30 +10,18 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import torch
 
 from peakknn import approx_topk
-from peakknn.bench import format_table, run_bench
+from peakknn.bench import format_table, run_bench, timed
 from peakknn.data import load_hdf5, synthetic
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def topk_table(rows: int, n: int, k: int, target: float, repeat: int) -> str:
     x = torch.randn(rows, n)
     approx_topk(x[:8], k, recall_target=target)  # warm-up
-    t_approx = median_time(lambda: approx_topk(x, k, recall_target=target), repeat)
-    t_exact = median_time(lambda: torch.topk(x, k), repeat)
+    _, t_approx = timed(lambda: approx_topk(x, k, recall_target=target), repeat)
+    _, t_exact = timed(lambda: torch.topk(x, k), repeat)
     _, got = approx_topk(x, k, recall_target=target)
     truth = torch.topk(x, k).indices
     recall = float((got.unsqueeze(2) == truth.unsqueeze(1)).any(2).double().mean())

@@ -56,7 +56,8 @@ def torch_exact(train: torch.Tensor, test: torch.Tensor, k: int, metric: str, bl
     return torch.cat(out).numpy()
 
 
-def _timed(fn, repeat: int):
+def timed(fn, repeat: int):
+    """(last result, median seconds) of `repeat` calls of fn."""
     times, result = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -81,7 +82,7 @@ def run_bench(
     neighbors = ds.neighbors
     exact_ids, exact_s = None, None
     if peers or neighbors is None:
-        exact_ids, exact_s = _timed(lambda: torch_exact(train_t, test_t, k, ds.metric), 1)
+        exact_ids, exact_s = timed(lambda: torch_exact(train_t, test_t, k, ds.metric), 1)
         if neighbors is None:
             neighbors = exact_ids
 
@@ -95,7 +96,7 @@ def run_bench(
         index.add(train_t[i : i + step])
     build = time.perf_counter() - t0
     index.search(test_t[: min(nq, 8)], k, recall_target=recall_target)  # warm-up
-    res, secs = _timed(lambda: index.search(test_t, k, recall_target=recall_target), repeat)
+    res, secs = timed(lambda: index.search(test_t, k, recall_target=recall_target), repeat)
     rows.append(Row(f"peakknn {precision} r={recall_target}", recall(res.ids.numpy()), nq / secs, secs, build, index.memory_bytes / 2**20))
 
     if peers:
@@ -122,7 +123,7 @@ def _faiss_rows(ds: Dataset, k: int, repeat: int, recall) -> list[Row]:
         name, index = "faiss IndexFlatIP", faiss.IndexFlatIP(train.shape[1])
     index.add(np.ascontiguousarray(train, dtype=np.float32))
     build = time.perf_counter() - t0
-    (_, ids), secs = _timed(lambda: index.search(np.ascontiguousarray(test, dtype=np.float32), k), repeat)
+    (_, ids), secs = timed(lambda: index.search(np.ascontiguousarray(test, dtype=np.float32), k), repeat)
     return [Row(name, recall(ids), test.shape[0] / secs, secs, build, train.nbytes / 2**20)]
 
 
