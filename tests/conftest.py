@@ -1,6 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+
+# Triton kernels run in Triton's CPU interpreter where there is no GPU. The variable must be set
+# before triton compiles anything, hence here, before any test module imports peakknn's kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,10 @@ which chunk won. The score matrix never exceeds one chunk. Afterwards the best `
 of each query name `candidates` cells (chunk, bin) of `groups` rows each, which are re-scored
 exactly in fp32 (`rescore`). Every bin winner of the chosen bins is among them, so the result
 contains the TPU-KNN two-stage top-k and its recall guarantee (plus the winners' cell-mates).
+
+Kernel scan (`kernel_cells`, backend "triton"): one fused Triton kernel computes the scores and
+keeps the exact best row of every bin (`_triton_kernels.scan_winners`), so the candidates are the
+best `candidates` bin winners themselves (cells of one row), re-scored the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from . import _backend
 from .topk.plan import BIN_ALIGN, plan_bins
 
 CHUNK_COLUMNS = 8192  # scores per query per chunk: a bf16 chunk of 1024 queries is 16 MiB
@@ -33,6 +38,8 @@ MIN_BIN_FILL = 64  # extra bins (beyond the recall target) only while bins keep 
 MAX_QUERY_BLOCK = 1024
 RESCORE_BLOCK = 32  # queries per gather of candidate rows (small blocks stay in cache)
 DEFAULT_MEMORY = 256 << 20  # working-memory budget of one search call, bytes
+KERNEL_MIN_BINS = 128  # the kernel keeps at least this many bins (one BLOCK_N) while n allows
+KERNEL_WAVES = 4  # the kernel's grid aims at this many programs per streaming multiprocessor
 
 
 class Table(Protocol):
@@ -84,6 +91,71 @@ def plan_scan(n: int, k: int, recall_target: float, candidates: int | None, scan
     bins = max(bins, min(CHUNK_COLUMNS // MAX_GROUPS, fill_cap))
     groups = max(1, min(groups, CHUNK_COLUMNS // bins))
     return ScanPlan(bins=bins, groups=groups, candidates=min(candidates, bins))
+
+
+def plan_kernel(n: int, k: int, recall_target: float, candidates: int | None, scan_dtype: torch.dtype) -> ScanPlan | None:
+    """Bins and candidates for the fused kernel (cells of one row); None means an exact scan."""
+    bins = plan_bins(n, k, recall_target)
+    if bins is None:
+        return None
+    if candidates is None:
+        candidates = k if scan_dtype == torch.float32 else 2 * k
+    fill_cap = max(BIN_ALIGN, (n // MIN_BIN_FILL) // BIN_ALIGN * BIN_ALIGN)
+    bins = max(bins, min(KERNEL_MIN_BINS, fill_cap))
+    return ScanPlan(bins=bins, groups=1, candidates=max(k, candidates))
+
+
+def scan_winners_reference(
+    q: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, bins: int, splits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-torch specification of `_triton_kernels.scan_winners` (same arguments and outputs).
+
+    Scores s = q x^T + bias in fp32 (-inf where mask is False); the rows are cut into slices of
+    split_rows = round_up(ceil(n / splits), bins) rows; in a slice starting at lo, row j is in
+    column (j - lo) mod bins. Returns (best f32[nq, S * bins], row i32[nq, S * bins]) per (slice,
+    column), the lowest row among equal bests, row -1 (score -inf) where every
+    score of the column is -inf. S is the number of non-empty slices.
+    """
+    n = x.shape[0]
+    s = q.float() @ x.float().T + bias
+    if mask is not None:
+        s = s.masked_fill(~mask.bool(), float("-inf"))
+    split_rows = -(-(-(-n // splits)) // bins) * bins
+    slices = -(-n // split_rows)
+    padded = s.new_full((s.shape[0], slices * split_rows), float("-inf"))
+    padded[:, :n] = s
+    view = padded.view(s.shape[0], slices, split_rows // bins, bins)
+    best, tile = torch.sort(view, dim=2, descending=True, stable=True)
+    best, tile = best[:, :, 0], tile[:, :, 0]  # [nq, slices, bins]
+    row = torch.arange(slices, device=s.device).view(1, -1, 1) * split_rows + tile * bins + torch.arange(bins, device=s.device)
+    row = row.masked_fill(best == float("-inf"), -1)
+    return best.reshape(s.shape[0], -1), row.reshape(s.shape[0], -1).to(torch.int32)
+
+
+def kernel_splits(nq: int, n: int, bins: int, device: torch.device) -> int:
+    """Database slices for the kernel grid: enough programs to fill the GPU, >= 16 tiles each."""
+    units = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    block_m, block_n, _ = _backend.kernels().scan_block_sizes(nq, 0, bins)
+    programs = -(-nq // block_m) * (bins // block_n)
+    wanted = -(-KERNEL_WAVES * units // programs)
+    return int(max(1, min(wanted, n // (16 * bins))))
+
+
+def kernel_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate slots i64[nq, c] and validity bool[nq, c] from the fused Triton scan.
+
+    q_scan: [nq, d] queries in the scan dtype. The table's optional `mask` (bool[n]) hides rows
+    inside the kernel. c = min(candidates, winners); fewer than k winners never happens because
+    bins >= k whenever plan_kernel returns a plan for n >= 4 * bins.
+    """
+    nq, n = q_scan.shape[0], table.n
+    x = table.scan_rows(0, n)[:, : table.dim]
+    bias = table.bias(0, n).contiguous()
+    splits = kernel_splits(nq, n, plan.bins, q_scan.device)
+    best, rows = _backend.kernels().scan_winners(q_scan, x, bias, getattr(table, "mask", None), plan.bins, splits)
+    cell_best, pos = torch.topk(best, min(plan.candidates, best.shape[1]), dim=1)
+    slots = rows.gather(1, pos).to(torch.int64)
+    return slots.clamp_min(0), cell_best > float("-inf")
 
 
 def query_block(plan_chunk: int, esize: int, memory: int) -> int:
@@ -154,7 +226,8 @@ def rescore(
     """
     nq, m = slots.shape
     d = q32.shape[1]
-    step = int(max(1, min(RESCORE_BLOCK, memory // max(1, m * d * 8))))
+    most = RESCORE_BLOCK if q32.device.type == "cpu" else MAX_QUERY_BLOCK  # CPU: stay in cache
+    step = int(max(1, min(most, memory // max(1, m * d * 8))))
     ranks, out_slots = [], []
     for i in range(0, nq, step):
         s, v, q = slots[i : i + step], valid[i : i + step], q32[i : i + step]

@@ -24,7 +24,7 @@ import os
 import numpy as np
 import torch
 
-from . import _scan
+from . import _backend, _scan
 from ._checks import as_ids, as_matrix, check_k, check_recall_target
 from ._types import SearchResult, check_metric, precision_name, scan_dtype
 from .search import finish, normalize_rows, rank_bias, run_search, scan_width
@@ -159,12 +159,14 @@ class Index:
         allowed_ids=None,
         candidates: int | None = None,
         max_memory: int = _scan.DEFAULT_MEMORY,
+        backend: str = "auto",
     ) -> SearchResult:
         """k nearest stored vectors of each query f32[nq, dim] (or [dim]).
 
         recall_target: None = the index's setting; 1.0 = exact. allowed_ids: only these ids may
-        be returned (ids not in the index are ignored). Returns SearchResult with user ids, -1
-        (and -inf / +inf scores) where fewer than k rows qualify.
+        be returned (ids not in the index are ignored). backend: "auto" (fused Triton kernel on
+        CUDA when triton is installed), "torch" or "triton" (see `peakknn.search`). Returns
+        SearchResult with user ids, -1 (and -inf / +inf scores) where fewer than k rows qualify.
         """
         k = check_k(k)
         target = self.recall_target if recall_target is None else check_recall_target(recall_target)
@@ -173,13 +175,20 @@ class Index:
         q = as_matrix("queries", queries, self.dim).to(device=self.device, dtype=torch.float32)
         if self.metric == "cos":
             q = normalize_rows(q, "queries")
+        backend = _backend.resolve(backend, self.device)
         if allowed_ids is None:
-            table = _IndexTable(self, None)
+            table = _IndexTable(self)
         else:
             allowed = as_ids("allowed_ids", np.unique(np.asarray(_to_numpy(allowed_ids))))
             slots = sorted(self._id_to_slot[i] for i in allowed.tolist() if i in self._id_to_slot)
-            table = _IndexTable(self, torch.tensor(slots, dtype=torch.int64, device=self.device))
-        rank, rows = run_search(table, q.contiguous(), k, self.metric, target, candidates, max_memory)
+            slots = torch.tensor(slots, dtype=torch.int64, device=self.device)
+            if backend == "triton":  # the kernel masks rows in place: no copy of the subset
+                mask = torch.zeros(self._high, dtype=torch.bool, device=self.device)
+                mask[slots] = True
+                table = _IndexTable(self, mask=mask)
+            else:
+                table = _IndexTable(self, subset=slots)
+        rank, rows = run_search(table, q.contiguous(), k, self.metric, target, candidates, max_memory, backend)
         result = finish(rank, table.ids_of(rows), self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
 
@@ -257,11 +266,13 @@ class Index:
 
 
 class _IndexTable:
-    """Engine view of an Index: all slots [0, high), or a subset of slots (for allowed_ids)."""
+    """Engine view of an Index: all slots [0, high), a subset of slots (copied, for the torch
+    engine's allowed_ids) or all slots with a mask bool[high] (for the fused kernel)."""
 
-    def __init__(self, index: Index, subset: torch.Tensor | None):
+    def __init__(self, index: Index, subset: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         self.index = index
         self.subset = subset
+        self.mask = mask
         self.dim = index.dim
         self.scan_dtype = index.scan_dtype
         self.device = index.device
@@ -286,7 +297,8 @@ class _IndexTable:
         return self.index._bias[self._slots(idx)]
 
     def alive(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.index._slot_ids[self._slots(rows)] >= 0
+        alive = self.index._slot_ids[self._slots(rows)] >= 0
+        return alive if self.mask is None else alive & self.mask[rows]
 
     def ids_of(self, rows: torch.Tensor) -> torch.Tensor:
         return self.index._slot_ids[self._slots(rows)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _scan
+from . import _backend, _scan
 from ._checks import as_matrix, check_k, check_recall_target
 from ._types import SearchResult, check_metric, is_distance, scan_dtype
 
@@ -63,6 +63,8 @@ def scan_queries(q32: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class DenseTable:
     """A plain fp32 matrix as an engine table; scan rows are built chunk by chunk into a buffer."""
 
+    mask = None  # every row may be returned
+
     def __init__(self, x32: torch.Tensor, metric: str, dtype: torch.dtype):
         self.x = x32
         self.n, self.dim = x32.shape
@@ -99,14 +101,24 @@ def run_search(
     recall_target: float,
     candidates: int | None,
     max_memory: int,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Engine driver shared by `search` and `Index`: (rank f32[nq, k], slots i64[nq, k])."""
+    """Engine driver shared by `search` and `Index`: (rank f32[nq, k], slots i64[nq, k]).
+
+    backend: "torch" or "triton" (already resolved by `_backend.resolve`).
+    """
     nq = q32.shape[0]
     if table.n == 0 or nq == 0:
         return (torch.full((nq, k), float("-inf"), device=q32.device), torch.zeros((nq, k), dtype=torch.int64, device=q32.device))
-    plan = _scan.plan_scan(table.n, k, recall_target, candidates, table.scan_dtype)
+    fused = backend == "triton"
+    if fused:
+        plan = _scan.plan_kernel(table.n, k, recall_target, candidates, table.scan_dtype)
+    else:
+        plan = _scan.plan_scan(table.n, k, recall_target, candidates, table.scan_dtype)
     if plan is None:
         block = _scan.query_block(_scan.CHUNK_COLUMNS, 8, max_memory)
+    elif fused:
+        block = _scan.query_block(plan.bins * 16, 4, max_memory)  # winners of up to 16 slices
     else:
         block = _scan.query_block(plan.chunk, table.scan_dtype.itemsize, max_memory)
     ranks, slots = [], []
@@ -114,6 +126,8 @@ def run_search(
         q = q32[i : i + block]
         if plan is None:
             cand, valid = _scan.scan_exact(table, q, k)
+        elif fused:
+            cand, valid = _scan.kernel_cells(table, q.to(table.scan_dtype), plan)
         else:
             cand, valid = _scan.scan_cells(table, scan_queries(q, table.scan_dtype), plan)
         r, s = _scan.rescore(table, q, cand, valid, k, metric, max_memory)
@@ -140,11 +154,13 @@ def search(
     precision: str = "fp32",
     candidates: int | None = None,
     max_memory: int = _scan.DEFAULT_MEMORY,
+    backend: str = "auto",
 ) -> SearchResult:
     """k nearest rows of `database` for each query (see the module docstring).
 
     candidates: number of best bins whose cells are re-scored exactly (default k for fp32,
-    2k for bf16); max_memory: working-memory budget in bytes.
+    2k for bf16); max_memory: working-memory budget in bytes; backend: "auto" (the fused Triton
+    kernel for CUDA tensors when triton is installed, else torch), "torch" or "triton".
     """
     metric = check_metric(metric)
     k = check_k(k)
@@ -154,9 +170,10 @@ def search(
     q = as_matrix("queries", queries, x.shape[1])
     if q.device != x.device:
         raise ValueError(f"queries are on {q.device} but the database is on {x.device}")
+    backend = _backend.resolve(backend, x.device)
     x32, q32 = x.to(torch.float32), q.to(torch.float32)
     if metric == "cos":
         x32, q32 = normalize_rows(x32, "database"), normalize_rows(q32, "queries")
     table = DenseTable(x32.contiguous(), metric, dtype)
-    rank, slots = run_search(table, q32.contiguous(), k, metric, recall_target, candidates, max_memory)
+    rank, slots = run_search(table, q32.contiguous(), k, metric, recall_target, candidates, max_memory, backend)
     return finish(rank, slots, metric)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _backend
 from .._checks import check_k, check_per_bin, check_recall_target
 from .plan import plan_bins
 from .reference import approx_topk_reference
@@ -36,8 +37,13 @@ def approx_topk(
     recall_target: float = 0.95,
     largest: bool = True,
     per_bin: int = 1,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Approximate top-k of x along dim; returns (values, indices) shaped like torch.topk's."""
+    """Approximate top-k of x along dim; returns (values, indices) shaped like torch.topk's.
+
+    backend: "auto" (Triton kernel for CUDA tensors when triton is installed), "torch" or
+    "triton" (CUDA, or CPU under TRITON_INTERPRET=1); see peakknn._backend.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -50,6 +56,7 @@ def approx_topk(
     k = check_k(k, limit=n)
     recall_target = check_recall_target(recall_target)
     per_bin = check_per_bin(per_bin)
+    use_triton = _backend.resolve(backend, x.device) == "triton"
     bins = plan_bins(n, k, recall_target, per_bin)
     if bins is None:
         return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
@@ -59,7 +66,11 @@ def approx_topk(
     batch = moved.shape[:-1]
     rows = moved.reshape(-1, n)  # a view when x is contiguous along dim; a copy otherwise
     with torch.no_grad():
-        indices = _binned_topk_indices(rows.detach(), k, bins, largest)
+        if use_triton and x.dtype != torch.float64:
+            win_values, win_index = _backend.kernels().bin_winners(rows.detach(), bins, largest)
+            indices = win_index.gather(1, torch.topk(win_values, k, dim=1).indices)
+        else:
+            indices = _binned_topk_indices(rows.detach(), k, bins, largest)
     values = rows.gather(1, indices)
     return values.reshape(*batch, k).movedim(-1, dim), indices.reshape(*batch, k).movedim(-1, dim)
 

@@ -1,0 +1,169 @@
+"""Triton kernels against their plain-torch specifications.
+
+Without a GPU they run in Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1);
+with one, the same tests run on CUDA. The module is skipped when triton is not installed.
+"""
+
+import pytest
+import torch
+
+import peakknn
+from peakknn import _backend, _scan
+from peakknn.topk import approx_topk_reference
+
+pytest.importorskip("triton")
+kernels = _backend.kernels()
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def check_winners(best, rows, ref_best, ref_rows, scores, tol):
+    """Same winner scores (within tol); each kernel row is in its column and scores its best."""
+    assert best.shape == ref_best.shape and rows.dtype == torch.int32
+    torch.testing.assert_close(best, ref_best, rtol=0, atol=tol)
+    empty = ref_rows < 0
+    assert torch.equal(rows < 0, empty)
+    got = scores.gather(1, rows.clamp_min(0).long())
+    torch.testing.assert_close(got[~empty], ref_best[~empty], rtol=0, atol=tol)
+
+
+SCAN_CASES = [  # nq, n, d, bins, splits
+    (1, 17, 1, 16, 1),
+    (5, 1000, 33, 48, 1),
+    (70, 3001, 64, 128, 3),
+    (3, 2500, 200, 32, 2),
+    (130, 777, 16, 16, 4),
+    (17, 10, 8, 16, 1),  # fewer rows than bins: empty columns
+]
+
+
+@pytest.mark.parametrize("nq,n,d,bins,splits", SCAN_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_scan_winners_matches_reference(nq, n, d, bins, splits, dtype, masked):
+    q = torch.randn(nq, d).to(dtype).to(DEVICE)
+    wide = torch.randn(n, d + 7).to(dtype).to(DEVICE)
+    x = wide[:, :d]  # rows with a stride wider than d, as in an index's scan rows
+    bias = -0.5 * (x.float() ** 2).sum(1)
+    bias[torch.randperm(n, device=DEVICE)[: n // 5]] = float("-inf")  # deleted rows
+    mask = (torch.rand(n, device=DEVICE) < 0.7) if masked else None
+    best, rows = kernels.scan_winners(q, x, bias, mask, bins, splits)
+    ref_best, ref_rows = _scan.scan_winners_reference(q, x, bias, mask, bins, splits)
+    scores = q.float() @ x.float().T + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    check_winners(best, rows, ref_best, ref_rows, scores, TOL[dtype] * d**0.5)
+
+
+def test_scan_winners_rejects_mismatched_inputs():
+    q = torch.randn(2, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="share d"):
+        kernels.scan_winners(q, torch.randn(20, 9, device=DEVICE), torch.zeros(20, device=DEVICE), None, 16, 1)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        kernels.scan_winners(q, torch.randn(20, 8, device=DEVICE), torch.zeros(20, device=DEVICE), None, 24, 1)
+
+
+TOPK_SHAPES = [((3, 10007), -1), ((2, 3, 4099), 2), ((700, 2), 0), ((4, 500), 1), ((1, 65), -1)]
+
+
+@pytest.mark.parametrize("shape,dim", TOPK_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("largest", [True, False])
+def test_approx_topk_kernel_matches_reference(shape, dim, dtype, largest):
+    x = torch.randn(shape).to(dtype).to(DEVICE)
+    n = x.shape[dim]
+    for k in sorted({1, min(10, n)}):
+        v, i = peakknn.approx_topk(x, k, dim, recall_target=0.9, largest=largest, backend="triton")
+        vr, _ = approx_topk_reference(x, k, dim, recall_target=0.9, largest=largest)
+        torch.testing.assert_close(v, vr, rtol=0, atol=0)
+        torch.testing.assert_close(x.gather(dim, i), v, rtol=0, atol=0)
+
+
+def test_approx_topk_kernel_infinities_ties_and_strides():
+    x = torch.randn(6, 3000, device=DEVICE)
+    x[:, ::7] = float("-inf")
+    x[:, 5::11] = 2.5  # many ties
+    x[0, 100] = float("inf")
+    x_t = x.T.contiguous().T  # non-contiguous along dim
+    for data in (x, x_t, x.to(torch.bfloat16)):
+        for largest in (True, False):
+            v, i = peakknn.approx_topk(data, 12, recall_target=0.8, largest=largest, backend="triton")
+            vr, _ = approx_topk_reference(data, 12, recall_target=0.8, largest=largest)
+            torch.testing.assert_close(v, vr, rtol=0, atol=0)
+            torch.testing.assert_close(data.gather(1, i), v, rtol=0, atol=0)
+
+
+def test_approx_topk_kernel_gradients():
+    x = torch.randn(4, 4000, device=DEVICE, requires_grad=True)
+    v, i = peakknn.approx_topk(x, 5, recall_target=0.9, backend="triton")
+    v.sum().backward()
+    expected = torch.zeros_like(x).scatter_(1, i, 1.0)
+    torch.testing.assert_close(x.grad, expected)
+
+
+def exact_ids(q, x, k, metric):
+    return peakknn.search(q, x, k, metric=metric, recall_target=1.0, backend="torch").ids
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2", "cos"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("target", [0.9, 0.99])
+def test_search_kernel_recall(metric, precision, target):
+    q = torch.randn(60, 48, device=DEVICE)
+    x = torch.randn(6000, 48, device=DEVICE)
+    res = peakknn.search(q, x, 10, metric=metric, precision=precision, recall_target=target, backend="triton")
+    truth = exact_ids(q, x, 10, metric)
+    recall = peakknn.SearchResult(res.scores, res.ids).mean_recall(truth.cpu())
+    assert recall >= target - 0.02  # 600 neighbours: the mean sits within ~2 sd of its expectation
+    ref = peakknn.search(q, x, 10, metric=metric, recall_target=1.0, backend="torch")
+    hit = res.ids >= 0
+    rank_of = {"ip": 1, "cos": 1, "l2": -1}[metric]
+    assert bool(hit.all())
+    # reported scores are exact fp32 scores of the returned ids
+    xs = x if metric != "cos" else torch.nn.functional.normalize(x, dim=1)
+    qs = q if metric != "cos" else torch.nn.functional.normalize(q, dim=1)
+    exact = ((xs[res.ids] - qs[:, None]) ** 2).sum(-1) if metric == "l2" else (xs[res.ids] * qs[:, None]).sum(-1)
+    torch.testing.assert_close(res.scores, exact, rtol=1e-4, atol=1e-4)
+    assert bool((rank_of * res.scores[:, 0] <= rank_of * ref.scores[:, 0] + 1e-4).all())
+
+
+@pytest.mark.parametrize("k", [1, 64, 300, 999])
+def test_search_kernel_large_k_falls_back_exactly(k):
+    q, x = torch.randn(7, 20, device=DEVICE), torch.randn(1000, 20, device=DEVICE)
+    res = peakknn.search(q, x, k, recall_target=0.95, backend="triton")
+    assert res.ids.shape == (7, k) and bool((res.ids >= 0).all())
+    assert all(len(set(row.tolist())) == k for row in res.ids)
+    if k >= 300:  # n < 4 * bins: the plan is exact
+        assert torch.equal(res.ids, exact_ids(q, x, k, "ip"))
+
+
+def test_index_kernel_adversarial_order_filters_and_deletes():
+    """Periodic insert order (the adversary of test_index), deletions and allowed_ids, fused path."""
+    d, n, k = 16, 8192, 10
+    centre = torch.randn(d)
+    x = torch.randn(n, d) * 0.05
+    x[::128] += centre * 3  # the best rows all share j mod 128 in arrival order
+    index = peakknn.Index(d, metric="ip", device=DEVICE, dtype="bf16")
+    index.add(x)
+    q = centre.repeat(20, 1) + 0.01 * torch.randn(20, d)
+    truth = index.search(q, k, recall_target=1.0, backend="torch").ids
+    res = index.search(q, k, recall_target=0.95, backend="triton")
+    assert res.mean_recall(truth) >= 0.95
+    removed = torch.arange(0, n, 256)
+    index.remove(removed)
+    allowed = torch.arange(0, n, 2)
+    res = index.search(q, k, recall_target=0.95, allowed_ids=allowed, backend="triton")
+    ok = res.ids[res.ids >= 0]
+    assert bool((ok % 2 == 0).all()) and not bool(torch.isin(ok, removed).any())
+    truth = index.search(q, k, recall_target=1.0, allowed_ids=allowed, backend="torch").ids
+    assert res.mean_recall(truth) >= 0.9
+
+
+def test_backend_choice(monkeypatch):
+    x = torch.randn(100, 4)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        peakknn.search(x, x, 3, backend="cuda")
+    assert _backend.resolve("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        peakknn.search(x, x, 3, backend="triton")
