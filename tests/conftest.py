@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import torch
 # before triton compiles anything, hence here, before any test module imports peakknn's kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Measured ceilings (peakknn.perfmodel) are cached in a fresh directory, not the user's cache.
+os.environ.setdefault("PEAKKNN_CACHE_DIR", tempfile.mkdtemp(prefix="peakknn-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -35,6 +35,9 @@ def test_bench_on_hdf5_writes_json(hdf5_file, tmp_path, capsys):
     assert payload["metric"] == "l2" and payload["n"] == 3000
     for row in payload["rows"]:
         assert row["recall"] >= 0.9 and row["qps"] > 0
+        assert 0 < row["floor_s"] and row["bottleneck"] in ("matrix", "memory", "vector")
+    assert "% of floor" in table and "ceilings:" in table
+    assert payload["ceilings"]["matmul_flops"]["bf16"] > 0
 
 
 def test_bench_synthetic_small(capsys):

@@ -30,12 +30,12 @@ import torch
 from . import _backend
 from .topk.plan import BIN_ALIGN, plan_bins
 
-CHUNK_COLUMNS = 8192  # scores per query per chunk: a bf16 chunk of 1024 queries is 16 MiB
+CHUNK_COLUMNS = 8192  # scores per query per chunk of the exact scan (the approximate scan's comes from perfmodel)
 MAX_GROUPS = 16  # rows per cell re-scored for each winning bin
 MIN_GROUPS = 2
 RESCORE_FRACTION = 1500  # candidates * groups <= n / RESCORE_FRACTION where possible
 MIN_BIN_FILL = 64  # extra bins (beyond the recall target) only while bins keep >= this many rows
-MAX_QUERY_BLOCK = 1024
+MAX_QUERY_BLOCK = 4096
 RESCORE_BLOCK = 32  # queries per gather of candidate rows (small blocks stay in cache)
 DEFAULT_MEMORY = 256 << 20  # working-memory budget of one search call, bytes
 KERNEL_MIN_BINS = 128  # the kernel keeps at least this many bins (one BLOCK_N) while n allows
@@ -76,8 +76,13 @@ class ScanPlan:
         return self.bins * self.groups
 
 
-def plan_scan(n: int, k: int, recall_target: float, candidates: int | None, scan_dtype: torch.dtype) -> ScanPlan | None:
-    """Bins, cell height and candidate count for a search; None means an exact scan."""
+def plan_scan(
+    n: int, k: int, recall_target: float, candidates: int | None, scan_dtype: torch.dtype, chunk_columns: int = CHUNK_COLUMNS
+) -> ScanPlan | None:
+    """Bins, cell height and candidate count for a search; None means an exact scan.
+
+    chunk_columns: the widest score block per query (perfmodel's measured best chunk width).
+    """
     bins = plan_bins(n, k, recall_target)
     if bins is None:
         return None
@@ -86,10 +91,10 @@ def plan_scan(n: int, k: int, recall_target: float, candidates: int | None, scan
     candidates = max(k, candidates)
     # Re-scoring gathers candidates * groups rows per query: keep that a small fraction of n.
     groups = max(MIN_GROUPS, min(MAX_GROUPS, n // (candidates * RESCORE_FRACTION)))
-    # More bins cost little while a chunk stays CHUNK_COLUMNS wide, and raise recall.
+    # More bins cost little while a chunk stays chunk_columns wide, and raise recall.
     fill_cap = max(BIN_ALIGN, (n // MIN_BIN_FILL) // BIN_ALIGN * BIN_ALIGN)
-    bins = max(bins, min(CHUNK_COLUMNS // MAX_GROUPS, fill_cap))
-    groups = max(1, min(groups, CHUNK_COLUMNS // bins))
+    bins = max(bins, min(chunk_columns // MAX_GROUPS, fill_cap))
+    groups = max(1, min(groups, chunk_columns // bins))
     return ScanPlan(bins=bins, groups=groups, candidates=min(candidates, bins))
 
 
@@ -158,10 +163,10 @@ def kernel_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[to
     return slots.clamp_min(0), cell_best > float("-inf")
 
 
-def query_block(plan_chunk: int, esize: int, memory: int) -> int:
-    """Queries per block so one chunk's scores and the bin state stay within `memory` bytes."""
+def query_block(plan_chunk: int, esize: int, memory: int, most: int = MAX_QUERY_BLOCK) -> int:
+    """Queries per block (at most `most`) so one chunk's scores and the bin state fit in `memory` bytes."""
     per_query = plan_chunk * (esize + 4) + 64
-    return int(max(1, min(MAX_QUERY_BLOCK, memory // per_query)))
+    return int(max(1, min(most, memory // per_query)))
 
 
 def scan_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torch.Tensor, torch.Tensor]:

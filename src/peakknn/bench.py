@@ -3,6 +3,10 @@
 Every method answers the same queries in the same process; recall is computed by
 `data.recall_at_k` (ties allowed) against the file's ground truth, or against an exact fp32
 torch search for synthetic data. Times are medians over `repeat` runs of the whole query batch.
+
+Roofline columns (peakknn.perfmodel): the predicted floor of the search's shape on this
+machine's measured ceilings (bf16 floor for peakknn bf16 rows, fp32 for exact methods), the
+achieved % of that floor, and the term that sets it (matrix, memory or vector).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from . import perfmodel
 from .data import Dataset, load_hdf5, recall_at_k, synthetic
 from .index import Index
 
@@ -30,6 +35,12 @@ class Row:
     search_s: float
     build_s: float
     memory_mb: float
+    floor_s: float = float("nan")  # predicted roofline floor of the search
+    bottleneck: str = ""
+
+    @property
+    def pct_floor(self) -> float:
+        return 100.0 * self.floor_s / self.search_s
 
 
 def _progress(iterable, desc: str, total: int | None = None):
@@ -102,6 +113,11 @@ def run_bench(
     if peers:
         rows.append(Row("torch exact (mm+topk)", recall(exact_ids), nq / exact_s, exact_s, 0.0, n * d * 4 / 2**20))
         rows.extend(_faiss_rows(ds, k, repeat, recall))
+    ceilings = perfmodel.ceilings("cpu")
+    for row in rows:
+        exact = not row.method.startswith("peakknn")
+        p = perfmodel.predict(nq, n, d, k, 1.0 if exact else recall_target, "fp32" if exact else precision, ceilings)
+        row.floor_s, row.bottleneck = p.floor_s, p.bottleneck
     return rows
 
 
@@ -128,14 +144,22 @@ def _faiss_rows(ds: Dataset, k: int, repeat: int, recall) -> list[Row]:
 
 
 def format_table(rows: list[Row], title: str) -> str:
-    lines = [title, "", "| method | recall@k | queries/s | search s | build s | memory MiB |", "|---|---|---|---|---|---|"]
+    lines = [
+        title, "",
+        "| method | recall@k | queries/s | search s | floor s | % of floor | bottleneck | build s | memory MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r.method} | {r.recall:.4f} | {r.qps:,.0f} | {r.search_s:.3f} | {r.build_s:.2f} | {r.memory_mb:,.0f} |")
+        lines.append(
+            f"| {r.method} | {r.recall:.4f} | {r.qps:,.0f} | {r.search_s:.3f} | {r.floor_s:.3f} | {r.pct_floor:.0f}% "
+            f"| {r.bottleneck} | {r.build_s:.2f} | {r.memory_mb:,.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main(args) -> int:
     torch.set_num_threads(args.threads)
+    perfmodel.ceilings("cpu", refresh=args.remeasure)  # measured once per machine, then cached
     if args.dataset:
         ds = load_hdf5(args.dataset)
         if args.nq:
@@ -148,9 +172,11 @@ def main(args) -> int:
     n, d = ds.train.shape
     title = f"{ds.name}: n={n:,} d={d} queries={ds.test.shape[0]:,} k={args.k} metric={ds.metric} threads={args.threads}"
     print(format_table(rows, title))
+    print(f"\nceilings: {perfmodel.summary(perfmodel.ceilings('cpu'))}")
     if args.json:
         payload = {"dataset": ds.name, "n": n, "d": d, "nq": ds.test.shape[0], "k": args.k, "metric": ds.metric,
-                   "threads": args.threads, "rows": [dataclasses.asdict(r) for r in rows]}  # fmt: skip
+                   "threads": args.threads, "rows": [dataclasses.asdict(r) for r in rows],
+                   "ceilings": dataclasses.asdict(perfmodel.ceilings("cpu"))}  # fmt: skip
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
     return 0

@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-peers", action="store_true", help="skip FAISS and torch")
     b.add_argument("--json", help="also write the numbers to this JSON file")
+    b.add_argument("--remeasure", action="store_true", help="measure the machine's ceilings again (peakknn.perfmodel cache)")
 
     s = sub.add_parser("build", help="vectors (.npy or HDF5) -> saved index directory")
     s.add_argument("vectors", help=".npy file, or HDF5 file (dataset --key)")

@@ -86,6 +86,29 @@ def synthetic(n: int = 1_000_000, d: int = 128, nq: int = 1000, seed: int = 0) -
     return Dataset(name=f"random-{n}x{d}", train=train, test=test, neighbors=None, metric="ip")
 
 
+def clustered(
+    n: int = 1_000_000, d: int = 128, nq: int = 1000, clusters: int = 1000, spread: float = 0.5, seed: int = 0
+) -> Dataset:
+    """Unit vectors around `clusters` random unit centres (cosine); queries drawn the same way.
+
+    Row = normalize(centre + noise), noise ~ N(0, spread^2 / d) per coordinate (norm ~ spread):
+    the structure partitioned indexes exploit. Neighbours are left for the caller to compute.
+    """
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, d, generator=g), dim=1)
+
+    def draw(m: int) -> np.ndarray:
+        out = np.empty((m, d), dtype=np.float32)
+        for s in range(0, m, 1 << 18):
+            e = min(m, s + (1 << 18))
+            c = centres[torch.randint(clusters, (e - s,), generator=g)]
+            noise = torch.randn(e - s, d, generator=g) * (spread / d**0.5)
+            out[s:e] = torch.nn.functional.normalize(c + noise, dim=1).numpy()
+        return out
+
+    return Dataset(name=f"clustered-{n}x{d}", train=draw(n), test=draw(nq), neighbors=None, metric="cos")
+
+
 def exact_scores(train: np.ndarray, test: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
     """f64[nq, m] rank scores (larger is better) of rows `ids` (i64[nq, m], -1 allowed: -inf)."""
     x = train[np.clip(ids, 0, None)].astype(np.float64)  # [nq, m, d]

@@ -96,6 +96,13 @@ class Index:
         return sum(t.numel() * t.element_size() for t in tensors) + self._free.nbytes
 
     # ----------------------------------------------------------------- updates
+    def reserve(self, capacity: int) -> None:
+        """Allocate room for `capacity` rows now (no doubling later while adds stay within it)."""
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 0:
+            raise ValueError(f"capacity must be a non-negative int, got {capacity!r}")
+        if capacity > self._capacity:
+            self._grow(int(capacity))
+
     def add(self, vectors, ids=None) -> torch.Tensor:
         """Insert rows f32[m, dim]; ids i64[m] (default: next free ids). Returns the ids.
 

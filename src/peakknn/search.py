@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, _scan
+from . import _backend, _scan, perfmodel
 from ._checks import as_matrix, check_k, check_recall_target
-from ._types import SearchResult, check_metric, is_distance, scan_dtype
+from ._types import SearchResult, check_metric, is_distance, precision_name, scan_dtype
 
 SCAN_ALIGN = 16  # scan rows are padded to a multiple of this width (faster matrix kernels)
 
@@ -113,14 +113,17 @@ def run_search(
     fused = backend == "triton"
     if fused:
         plan = _scan.plan_kernel(table.n, k, recall_target, candidates, table.scan_dtype)
-    else:
-        plan = _scan.plan_scan(table.n, k, recall_target, candidates, table.scan_dtype)
+    else:  # chunk width and query block from the measured roofline (perfmodel)
+        ceilings = perfmodel.ceilings(table.device)
+        chunk_columns = ceilings.best_chunk[precision_name(table.scan_dtype)]
+        most = perfmodel.query_block(ceilings, table.scan_dtype)
+        plan = _scan.plan_scan(table.n, k, recall_target, candidates, table.scan_dtype, chunk_columns)
     if plan is None:
         block = _scan.query_block(_scan.CHUNK_COLUMNS, 8, max_memory)
     elif fused:
         block = _scan.query_block(plan.bins * 16, 4, max_memory)  # winners of up to 16 slices
     else:
-        block = _scan.query_block(plan.chunk, table.scan_dtype.itemsize, max_memory)
+        block = _scan.query_block(plan.chunk, table.scan_dtype.itemsize, max_memory, most)
     ranks, slots = [], []
     for i in range(0, nq, block):
         q = q32[i : i + block]

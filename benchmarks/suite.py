@@ -1,0 +1,168 @@
+"""peakknn against its peers: recall / queries-per-second sweeps, a summary table and plots.
+
+    python benchmarks/suite.py --dataset ../shared/datasets/debian-minilm-384-angular.hdf5
+    python benchmarks/suite.py --synthetic 200000x128        # clustered unit vectors, cosine
+    python benchmarks/suite.py --quick                        # CI-sized: 20,000 x 64, few settings
+    python benchmarks/suite.py --methods peakknn,faiss-flat   # a subset (names in peers.METHODS)
+
+For each dataset, in one process and with the same thread count: every installed method is built
+once, then swept over its knob; each setting answers the whole query batch (median of --repeat
+timed runs after a warm-up). Recall@k is `peakknn.data.recall_at_k` against the file's ground
+truth (or an exact fp32 search for synthetic data), ties allowed, the same for every method.
+Writes, under --out (default benchmarks/results):
+  <dataset>.json        every point (method, setting, recall, queries/s, build s, memory MiB)
+  <dataset>.md          best queries/s at recall >= 0.90 / 0.95 / 0.99 per method
+  <dataset>.png         recall vs queries/s, log scale, one line per method (ann-benchmarks style)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peers import METHODS  # noqa: E402
+
+from peakknn.bench import timed  # noqa: E402
+from peakknn.data import Dataset, clustered, load_hdf5, recall_at_k  # noqa: E402
+
+LOG = logging.getLogger("suite")
+THRESHOLDS = (0.90, 0.95, 0.99)
+
+
+def ground_truth(ds: Dataset, k: int) -> np.ndarray:
+    x, q = torch.from_numpy(ds.train), torch.from_numpy(ds.test)
+    if ds.metric == "cos":
+        x, q = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(q, dim=1)
+    out = []
+    for i in range(0, q.shape[0], 256):
+        s = q[i : i + 256] @ x.T
+        if ds.metric == "l2":
+            s -= 0.5 * (x * x).sum(1)
+        out.append(torch.topk(s, k, dim=1).indices)
+    return torch.cat(out).numpy()
+
+
+def prepared(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
+    """float32 C-contiguous train/test; cosine becomes normalised inner product."""
+    train, test = np.ascontiguousarray(ds.train, np.float32), np.ascontiguousarray(ds.test, np.float32)
+    if ds.metric == "cos":
+        train = train / np.linalg.norm(train, axis=1, keepdims=True)
+        test = test / np.linalg.norm(test, axis=1, keepdims=True)
+        return train, test, "ip"
+    return train, test, ds.metric
+
+
+def run_dataset(ds: Dataset, names: list[str], k: int, repeat: int, quick: bool, threads: int) -> list[dict]:
+    if ds.neighbors is None or ds.neighbors.shape[1] < k:
+        ds.neighbors = ground_truth(ds, k)
+    train, test, metric = prepared(ds)
+    points = []
+    for name in names:
+        cls = METHODS[name]
+        if cls.missing():
+            print(f"  skip {name}: pip install {' '.join(cls.missing())}", flush=True)
+            continue
+        method = cls(threads=threads)
+        t0 = time.perf_counter()
+        method.build(train, metric)
+        build = time.perf_counter() - t0
+        for setting in method.settings(quick):
+            method.search(test[: min(16, len(test))], k, setting)  # warm-up
+            ids, secs = timed(lambda: method.search(test, k, setting), repeat)
+            rec = recall_at_k(np.asarray(ids, dtype=np.int64), ds.neighbors, ds.train, ds.test, ds.metric)
+            point = {"method": method.name, "knob": method.knob, "setting": setting, "recall": rec,
+                     "qps": len(test) / secs, "build_s": build, "memory_mb": method.memory_mb}  # fmt: skip
+            points.append(point)
+            print(f"  {method.name:24s} {method.knob}={setting!s:6s} recall {rec:.4f}  {point['qps']:10,.0f} q/s", flush=True)
+        del method
+    return points
+
+
+def best_table(points: list[dict], title: str) -> str:
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    head = " | ".join(f"q/s @ recall >= {t:.2f}" for t in THRESHOLDS)
+    lines = [title, "", f"| method | {head} | build s | memory MiB |", "|---|" + "---|" * (len(THRESHOLDS) + 2)]
+    for m in methods:
+        mine = [p for p in points if p["method"] == m]
+        cells = []
+        for t in THRESHOLDS:
+            ok = [p for p in mine if p["recall"] >= t]
+            best = max(ok, key=lambda p: p["qps"]) if ok else None
+            cells.append(f"{best['qps']:,.0f} ({best['knob']}={best['setting']})" if best and best["setting"] is not None else (f"{best['qps']:,.0f}" if best else "–"))
+        lines.append(f"| {m} | {' | '.join(cells)} | {mine[0]['build_s']:.1f} | {mine[0]['memory_mb']:,.0f} |")
+    return "\n".join(lines)
+
+
+def plot(points: list[dict], title: str, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  no plot: pip install matplotlib", flush=True)
+        return
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for m in dict.fromkeys(p["method"] for p in points):
+        mine = sorted((p for p in points if p["method"] == m), key=lambda p: p["recall"])
+        style = "o-" if m.startswith("peakknn") else ".--"
+        ax.plot([p["recall"] for p in mine], [p["qps"] for p in mine], style, label=m, linewidth=2 if m.startswith("peakknn") else 1)
+    ax.set_yscale("log")
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("queries / s (log)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", action="append", default=[], help="ann-benchmarks HDF5 file (repeatable)")
+    p.add_argument("--synthetic", action="append", default=[], help="NxD clustered synthetic set (repeatable)")
+    p.add_argument("--nq", type=int, default=1000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="CI-sized run: 20,000 x 64 synthetic, fewer settings")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    sets = [load_hdf5(f) for f in args.dataset]
+    for spec in args.synthetic or ([] if args.dataset else ["20000x64" if args.quick else "200000x128"]):
+        n, d = (int(v) for v in spec.lower().split("x"))
+        sets.append(clustered(n, d, args.nq, clusters=max(10, n // 1000)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for ds in sets:
+        ds.test = ds.test[: args.nq]
+        ds.neighbors = None if ds.neighbors is None else ds.neighbors[: args.nq]
+        n, d = ds.train.shape
+        title = f"{ds.name}: n={n:,} d={d} queries={len(ds.test):,} k={args.k} metric={ds.metric} threads={args.threads}"
+        print(title, flush=True)
+        points = run_dataset(ds, names, args.k, args.repeat, args.quick, args.threads)
+        stem = out / ds.name
+        stem.with_suffix(".json").write_text(json.dumps({"title": title, "points": points}, indent=1))
+        table = best_table(points, title)
+        stem.with_suffix(".md").write_text(table + "\n")
+        plot(points, title, stem.with_suffix(".png"))
+        print("\n" + table + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

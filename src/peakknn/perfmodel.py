@@ -1,0 +1,274 @@
+"""Roofline performance model: measured ceilings, predicted search time, achieved % of the floor.
+
+    from peakknn import perfmodel
+    c = perfmodel.ceilings("cpu")                 # measured once, cached on disk, then reused
+    p = perfmodel.predict(1000, 1_000_000, 128, 10, 0.99, "bf16", c)
+    p.floor_s, p.bottleneck                       # e.g. 0.17 s, "matrix"
+
+Ceilings (`Ceilings`, measured by `measure`), per device and scan dtype:
+- matmul_flops[dtype]: FLOP/s of the engine's inner matrix product (queries [512, 128] x a
+  database chunk [C, 128]^T into a reused output), the best over chunk widths C in CHUNK_WIDTHS;
+- best_chunk[dtype]: the narrowest C within 5% of that best (the engine's chunk width);
+- compare_rate[dtype]: elements/s of the partial reduction (a strided max over [QB, g, L]);
+- bandwidth: bytes/s of a large copy (read + write counted).
+
+Prediction (`predict`, DESIGN.md section 1) for nq queries, n rows of dimension d, scanned in
+dtype with query blocks of QB (`query_block`):
+    matrix = 2 nq n d / matmul_flops[dtype]
+    memory = (ceil(nq / QB) n d esize + nq d 4 + nq k 12 + nq m d 4) / bandwidth
+             (the database once per query block, the queries, the outputs and the fp32 rows of
+             the m = candidates x groups re-scored cells of each query)
+    vector = nq n / compare_rate[dtype]                   (one compare per score)
+    floor  = max(matrix, memory, vector); bottleneck = the name of the largest term.
+The floor is a lower bound of the time of any implementation on the measured ceilings; the
+engine's achieved fraction of it is what `peakknn bench` reports.
+
+Cache: $PEAKKNN_CACHE_DIR, else $XDG_CACHE_HOME/peakknn, else ~/.cache/peakknn; one JSON file
+per device, thread count and torch version. `ceilings(refresh=True)` re-measures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ._types import precision_name, scan_dtype
+
+LOG = logging.getLogger(__name__)
+
+FORMAT = "peakknn.ceilings/1"
+DTYPES = ("fp32", "bf16")
+CHUNK_WIDTHS = (2048, 4096, 8192, 16384)  # candidate scores per query per chunk
+PROBE_QUERIES = 512  # query rows of the matmul probe
+PROBE_DIM = 128
+PROBE_BINS = 512
+# Query blocks are made long enough that reading X once per block costs <= 1/MEMORY_RATIO of the
+# block's matmul. 16, not less: the GEMM also packs X per block (slower than a copy); on the dev
+# CPU, 1M x 128 bf16 ran at 1,380 / 1,950 / 2,100 queries/s with blocks of 256 / 512 / 1024.
+MEMORY_RATIO = 16
+MIN_QUERY_BLOCK, MAX_QUERY_BLOCK = 64, 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Ceilings:
+    """Measured rates of one device (see module docstring); dtype keys are "fp32" / "bf16"."""
+
+    device: str
+    matmul_flops: dict[str, float]
+    best_chunk: dict[str, int]
+    compare_rate: dict[str, float]
+    bandwidth: float
+    threads: int = 1
+    torch_version: str = ""
+    measured_at: str = ""
+
+    def matmul(self, dtype) -> float:
+        return self.matmul_flops[_key(dtype)]
+
+    def compare(self, dtype) -> float:
+        return self.compare_rate[_key(dtype)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Predicted seconds of each roofline term, the floor (their max) and the bottleneck's name."""
+
+    matrix_s: float
+    memory_s: float
+    vector_s: float
+
+    @property
+    def floor_s(self) -> float:
+        return max(self.matrix_s, self.memory_s, self.vector_s)
+
+    @property
+    def bottleneck(self) -> str:
+        terms = {"matrix": self.matrix_s, "memory": self.memory_s, "vector": self.vector_s}
+        return max(terms, key=terms.get)
+
+    def percent_of_floor(self, achieved_s: float) -> float:
+        """100 * floor / achieved: how close a measured time is to the floor."""
+        return 100.0 * self.floor_s / achieved_s
+
+
+def _key(dtype) -> str:
+    return precision_name(scan_dtype(dtype))
+
+
+def query_block(c: Ceilings, dtype, d: int = PROBE_DIM) -> int:
+    """Queries per block so that reading the database once per block costs <= 1/MEMORY_RATIO of
+    the block's matrix product: QB >= MEMORY_RATIO * matmul_flops * esize / (2 * bandwidth),
+    rounded up to a multiple of 64 and clamped to [64, 4096]. (d cancels out.)"""
+    esize = scan_dtype(dtype).itemsize
+    qb = MEMORY_RATIO * c.matmul(dtype) * esize / (2.0 * c.bandwidth)
+    return int(min(MAX_QUERY_BLOCK, max(MIN_QUERY_BLOCK, math.ceil(qb / 64) * 64)))
+
+
+def predict(
+    nq: int,
+    n: int,
+    d: int,
+    k: int,
+    recall_target: float,
+    dtype,
+    c: Ceilings,
+    *,
+    rescored: int | None = None,
+) -> Prediction:
+    """Roofline terms of a search (module docstring). rescored: rows re-scored per query
+    (default 2k for bf16, k for fp32, 0 when recall_target == 1, which scans exactly in fp32)."""
+    if min(nq, n, d, k) < 1:
+        raise ValueError(f"nq, n, d, k must be >= 1, got {(nq, n, d, k)}")
+    key = "fp32" if recall_target >= 1.0 else _key(dtype)
+    esize = scan_dtype(key).itemsize
+    if rescored is None:
+        rescored = 0 if recall_target >= 1.0 else (k if key == "fp32" else 2 * k)
+    blocks = math.ceil(nq / query_block(c, key))
+    matrix = 2.0 * nq * n * d / c.matmul(key)
+    traffic = blocks * n * d * esize + nq * d * 4 + nq * k * 12 + nq * rescored * d * 4
+    return Prediction(matrix_s=matrix, memory_s=traffic / c.bandwidth, vector_s=nq * n / c.compare(key))
+
+
+# ---------------------------------------------------------------------------- measurement
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_time(fn, device: torch.device, repeat: int) -> float:
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure(device="cpu", *, repeat: int = 5) -> Ceilings:
+    """Measure the ceilings of `device` now (about a second on a CPU). Does not touch the cache."""
+    dev = torch.device(device)
+    flops, chunks, compares = {}, {}, {}
+    for name in DTYPES:
+        dtype = scan_dtype(name)
+        q = torch.randn(PROBE_QUERIES, PROBE_DIM, device=dev).to(dtype)
+        rates = {}
+        for width in CHUNK_WIDTHS:
+            x = torch.randn(width, PROBE_DIM, device=dev).to(dtype)
+            out = torch.empty(PROBE_QUERIES, width, dtype=dtype, device=dev)
+            secs = _best_time(lambda: torch.mm(q, x.T, out=out), dev, repeat)
+            rates[width] = 2.0 * PROBE_QUERIES * width * PROBE_DIM / secs
+        # the narrowest width within 5% of the best: less state, and stable against noise
+        chunks[name] = min(w for w, r in rates.items() if r >= 0.95 * max(rates.values()))
+        flops[name] = max(rates.values())
+        scores = torch.randn(PROBE_QUERIES, chunks[name], device=dev).to(dtype)
+        winners = torch.empty(PROBE_QUERIES, PROBE_BINS, dtype=dtype, device=dev)
+        view = scores.view(PROBE_QUERIES, -1, PROBE_BINS)
+        secs = _best_time(lambda: torch.amax(view, dim=1, out=winners), dev, repeat)
+        compares[name] = scores.numel() / secs
+    src = torch.empty(1 << 26, dtype=torch.float32, device=dev).fill_(1.0)  # 256 MiB
+    dst = torch.empty_like(src)
+    secs = _best_time(lambda: dst.copy_(src), dev, max(2, repeat // 2))
+    bandwidth = 2.0 * src.numel() * 4 / secs
+    return Ceilings(
+        device=_device_name(dev),
+        matmul_flops=flops,
+        best_chunk=chunks,
+        compare_rate=compares,
+        bandwidth=bandwidth,
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu:{model}"
+
+
+# ---------------------------------------------------------------------------- cache
+def cache_dir() -> Path:
+    if os.environ.get("PEAKKNN_CACHE_DIR"):
+        return Path(os.environ["PEAKKNN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "peakknn"
+
+
+def cache_path(device="cpu") -> Path:
+    dev = torch.device(device)
+    ident = f"{_device_name(dev)}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    return cache_dir() / f"ceilings-{dev.type}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
+
+
+_MEMO: dict[tuple, Ceilings] = {}
+
+
+def ceilings(device="cpu", *, refresh: bool = False) -> Ceilings:
+    """The device's ceilings: from memory, else from the disk cache, else measured and cached.
+
+    refresh=True measures again and overwrites the cache. An unreadable or malformed cache file
+    is ignored (and replaced); it is parsed as JSON, never executed or unpickled.
+    """
+    memo_key = (str(torch.device(device)), torch.get_num_threads(), str(cache_dir()))
+    if not refresh and memo_key in _MEMO:
+        return _MEMO[memo_key]
+    path = cache_path(device)
+    found = None if refresh else _read(path)
+    if found is None:
+        LOG.info("measuring the ceilings of %s (cached in %s)", device, path)
+        found = measure(device)
+        _write(path, found)
+    _MEMO[memo_key] = found
+    return found
+
+
+def _read(path: Path) -> Ceilings | None:
+    try:
+        payload = json.loads(path.read_text())
+        if payload.pop("format") != FORMAT:
+            return None
+        found = Ceilings(**payload)
+        rates = [*found.matmul_flops.values(), *found.compare_rate.values(), found.bandwidth]
+        if set(found.matmul_flops) != set(DTYPES) or not all(isinstance(r, (int, float)) and r > 0 for r in rates):
+            return None
+        return found
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _write(path: Path, c: Ceilings) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"format": FORMAT, **dataclasses.asdict(c)}, indent=1))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home still gets the in-memory ceilings
+        LOG.warning("could not cache ceilings at %s: %s", path, exc)
+
+
+def summary(c: Ceilings) -> str:
+    """One line per ceiling, for `peakknn bench` and logs."""
+    parts = [f"device {c.device}, {c.threads} threads"]
+    for name in DTYPES:
+        parts.append(f"{name}: matmul {c.matmul_flops[name] / 1e9:,.0f} GFLOP/s (chunk {c.best_chunk[name]}), compare {c.compare_rate[name] / 1e9:.1f} G/s")
+    parts.append(f"bandwidth {c.bandwidth / 1e9:.1f} GB/s")
+    return "; ".join(parts)

@@ -1,0 +1,41 @@
+"""The benchmark scripts run end to end on tiny data (skipping peers that are not installed)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_suite_quick_writes_table_points_and_skips_missing_peers(tmp_path):
+    out = run("suite.py", "--quick", "--synthetic", "3000x16", "--nq", "50", "--repeat", "1",
+              "--methods", "peakknn,torch,faiss-flat,hnswlib", "--out", str(tmp_path))  # fmt: skip
+    payload = json.loads((tmp_path / "clustered-3000x16.json").read_text())
+    methods = {p["method"] for p in payload["points"]}
+    assert {"peakknn flat bf16", "torch exact (mm+topk)"} <= methods
+    for name, module in (("faiss-flat", "faiss"), ("hnswlib", "hnswlib")):
+        if importlib.util.find_spec(module) is None:
+            assert f"skip {name}" in out
+    exact = [p for p in payload["points"] if p["method"].startswith("torch")]
+    assert exact and exact[0]["recall"] == 1.0
+    table = (tmp_path / "clustered-3000x16.md").read_text()
+    assert "q/s @ recall >= 0.95" in table and "peakknn flat bf16" in table
+
+
+@pytest.mark.slow
+def test_scaling_quick(tmp_path):
+    out = run("scaling.py", "--quick", "--max-n", "10000", "--repeat", "1", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "scaling.json").read_text())
+    assert {r["axis"] for r in rows} == {"n"} and rows[0]["peakknn_s"] > 0
+    assert "% of floor" in out
