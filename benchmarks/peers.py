@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import peakknn
+from peakknn.bench import torch_exact
 
 
 class Method:
@@ -65,17 +66,10 @@ class TorchExact(Method):
 
     def build(self, train, metric):
         self.x, self.metric = torch.from_numpy(train), metric
-        self.half_norms = 0.5 * (self.x * self.x).sum(1) if metric == "l2" else None
         self.memory_mb = train.nbytes / 2**20
 
     def search(self, test, k, setting):
-        q, out = torch.from_numpy(test), []
-        for i in range(0, q.shape[0], 64):
-            s = q[i : i + 64] @ self.x.T
-            if self.half_norms is not None:
-                s -= self.half_norms
-            out.append(torch.topk(s, k, dim=1).indices)
-        return torch.cat(out).numpy()
+        return torch_exact(self.x, torch.from_numpy(test), k, self.metric)
 
 
 class _Faiss(Method):

@@ -30,24 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from peers import METHODS  # noqa: E402
 
-from peakknn.bench import timed  # noqa: E402
+from peakknn.bench import timed, torch_exact  # noqa: E402
 from peakknn.data import Dataset, clustered, load_hdf5, recall_at_k  # noqa: E402
 
 LOG = logging.getLogger("suite")
 THRESHOLDS = (0.90, 0.95, 0.99)
-
-
-def ground_truth(ds: Dataset, k: int) -> np.ndarray:
-    x, q = torch.from_numpy(ds.train), torch.from_numpy(ds.test)
-    if ds.metric == "cos":
-        x, q = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(q, dim=1)
-    out = []
-    for i in range(0, q.shape[0], 256):
-        s = q[i : i + 256] @ x.T
-        if ds.metric == "l2":
-            s -= 0.5 * (x * x).sum(1)
-        out.append(torch.topk(s, k, dim=1).indices)
-    return torch.cat(out).numpy()
 
 
 def prepared(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
@@ -62,7 +49,7 @@ def prepared(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
 
 def run_dataset(ds: Dataset, names: list[str], k: int, repeat: int, quick: bool, threads: int) -> list[dict]:
     if ds.neighbors is None or ds.neighbors.shape[1] < k:
-        ds.neighbors = ground_truth(ds, k)
+        ds.neighbors = torch_exact(torch.from_numpy(ds.train), torch.from_numpy(ds.test), k, ds.metric)
     train, test, metric = prepared(ds)
     points = []
     for name in names:

@@ -76,6 +76,17 @@ class ScanPlan:
         return self.bins * self.groups
 
 
+def default_candidates(k: int, scan_dtype: torch.dtype) -> int:
+    """Bin winners re-scored per query when the caller does not say: k for fp32, 2k for bf16/fp16
+    (lower-precision scores can misorder near-ties, which the fp32 re-score undoes)."""
+    return k if scan_dtype == torch.float32 else 2 * k
+
+
+def extra_bins_cap(n: int) -> int:
+    """Most bins worth keeping beyond the recall target: each still holds >= MIN_BIN_FILL rows."""
+    return max(BIN_ALIGN, (n // MIN_BIN_FILL) // BIN_ALIGN * BIN_ALIGN)
+
+
 def plan_scan(
     n: int, k: int, recall_target: float, candidates: int | None, scan_dtype: torch.dtype, chunk_columns: int = CHUNK_COLUMNS
 ) -> ScanPlan | None:
@@ -86,14 +97,11 @@ def plan_scan(
     bins = plan_bins(n, k, recall_target)
     if bins is None:
         return None
-    if candidates is None:
-        candidates = k if scan_dtype == torch.float32 else 2 * k
-    candidates = max(k, candidates)
+    candidates = max(k, default_candidates(k, scan_dtype) if candidates is None else candidates)
     # Re-scoring gathers candidates * groups rows per query: keep that a small fraction of n.
     groups = max(MIN_GROUPS, min(MAX_GROUPS, n // (candidates * RESCORE_FRACTION)))
     # More bins cost little while a chunk stays chunk_columns wide, and raise recall.
-    fill_cap = max(BIN_ALIGN, (n // MIN_BIN_FILL) // BIN_ALIGN * BIN_ALIGN)
-    bins = max(bins, min(chunk_columns // MAX_GROUPS, fill_cap))
+    bins = max(bins, min(chunk_columns // MAX_GROUPS, extra_bins_cap(n)))
     groups = max(1, min(groups, chunk_columns // bins))
     return ScanPlan(bins=bins, groups=groups, candidates=min(candidates, bins))
 
@@ -103,11 +111,9 @@ def plan_kernel(n: int, k: int, recall_target: float, candidates: int | None, sc
     bins = plan_bins(n, k, recall_target)
     if bins is None:
         return None
-    if candidates is None:
-        candidates = k if scan_dtype == torch.float32 else 2 * k
-    fill_cap = max(BIN_ALIGN, (n // MIN_BIN_FILL) // BIN_ALIGN * BIN_ALIGN)
-    bins = max(bins, min(KERNEL_MIN_BINS, fill_cap))
-    return ScanPlan(bins=bins, groups=1, candidates=max(k, candidates))
+    candidates = max(k, default_candidates(k, scan_dtype) if candidates is None else candidates)
+    bins = max(bins, min(KERNEL_MIN_BINS, extra_bins_cap(n)))
+    return ScanPlan(bins=bins, groups=1, candidates=candidates)
 
 
 def scan_winners_reference(
@@ -146,18 +152,25 @@ def kernel_splits(nq: int, n: int, bins: int, device: torch.device) -> int:
     return int(max(1, min(wanted, n // (16 * bins))))
 
 
-def kernel_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torch.Tensor, torch.Tensor]:
+def kernel_operands(table: Table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What the fused kernel reads, built once per search: rows [n, d] (a column slice of the
+    scan rows), rank corrections f32[n], and the table's optional mask bool[n]."""
+    n = table.n
+    return table.scan_rows(0, n)[:, : table.dim], table.bias(0, n).contiguous(), getattr(table, "mask", None)
+
+
+def kernel_cells(
+    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], q_scan: torch.Tensor, plan: ScanPlan
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate slots i64[nq, c] and validity bool[nq, c] from the fused Triton scan.
 
-    q_scan: [nq, d] queries in the scan dtype. The table's optional `mask` (bool[n]) hides rows
-    inside the kernel. c = min(candidates, winners); fewer than k winners never happens because
-    bins >= k whenever plan_kernel returns a plan for n >= 4 * bins.
+    operands: `kernel_operands(table)`; q_scan: [nq, d] queries in the scan dtype. A mask hides
+    rows inside the kernel. c = min(candidates, winners); fewer than k winners never happens
+    because bins >= k whenever plan_kernel returns a plan for n >= 4 * bins.
     """
-    nq, n = q_scan.shape[0], table.n
-    x = table.scan_rows(0, n)[:, : table.dim]
-    bias = table.bias(0, n).contiguous()
-    splits = kernel_splits(nq, n, plan.bins, q_scan.device)
-    best, rows = _backend.kernels().scan_winners(q_scan, x, bias, getattr(table, "mask", None), plan.bins, splits)
+    x, bias, mask = operands
+    splits = kernel_splits(q_scan.shape[0], x.shape[0], plan.bins, q_scan.device)
+    best, rows = _backend.kernels().scan_winners(q_scan, x, bias, mask, plan.bins, splits)
     cell_best, pos = torch.topk(best, min(plan.candidates, best.shape[1]), dim=1)
     slots = rows.gather(1, pos).to(torch.int64)
     return slots.clamp_min(0), cell_best > float("-inf")

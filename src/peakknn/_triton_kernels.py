@@ -32,9 +32,6 @@ import triton.language as tl
 
 from ._backend import interpreting
 
-_DOT_PRECISION = {torch.float32: "ieee", torch.bfloat16: "ieee", torch.float16: "ieee"}
-
-
 @triton.jit
 def _scan_winners_kernel(
     q_ptr, x_ptr, bias_ptr, mask_ptr, best_ptr, row_ptr,

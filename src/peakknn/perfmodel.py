@@ -17,8 +17,10 @@ Prediction (`predict`, DESIGN.md section 1) for nq queries, n rows of dimension 
 dtype with query blocks of QB (`query_block`):
     matrix = 2 nq n d / matmul_flops[dtype]
     memory = (ceil(nq / QB) n d esize + nq d 4 + nq k 12 + nq m d 4) / bandwidth
-             (the database once per query block, the queries, the outputs and the fp32 rows of
-             the m = candidates x groups re-scored cells of each query)
+             (the database once per query block, the queries, the outputs and the m fp32 rows
+             re-scored per query: by default the candidate count, 2k for bf16 / k for fp32; the
+             torch engine re-reads `groups` rows per candidate, which a caller can pass as
+             `rescored`)
     vector = nq n / compare_rate[dtype]                   (one compare per score)
     floor  = max(matrix, memory, vector); bottleneck = the name of the largest term.
 The floor is a lower bound of the time of any implementation on the measured ceilings; the
@@ -42,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from ._scan import default_candidates
 from ._types import precision_name, scan_dtype
 
 LOG = logging.getLogger(__name__)
@@ -136,7 +139,7 @@ def predict(
     key = "fp32" if recall_target >= 1.0 else _key(dtype)
     esize = scan_dtype(key).itemsize
     if rescored is None:
-        rescored = 0 if recall_target >= 1.0 else (k if key == "fp32" else 2 * k)
+        rescored = 0 if recall_target >= 1.0 else default_candidates(k, scan_dtype(key))
     blocks = math.ceil(nq / query_block(c, key))
     matrix = 2.0 * nq * n * d / c.matmul(key)
     traffic = blocks * n * d * esize + nq * d * 4 + nq * k * 12 + nq * rescored * d * 4

@@ -122,6 +122,7 @@ def run_search(
         block = _scan.query_block(_scan.CHUNK_COLUMNS, 8, max_memory)
     elif fused:
         block = _scan.query_block(plan.bins * 16, 4, max_memory)  # winners of up to 16 slices
+        operands = _scan.kernel_operands(table)
     else:
         block = _scan.query_block(plan.chunk, table.scan_dtype.itemsize, max_memory, most)
     ranks, slots = [], []
@@ -130,7 +131,7 @@ def run_search(
         if plan is None:
             cand, valid = _scan.scan_exact(table, q, k)
         elif fused:
-            cand, valid = _scan.kernel_cells(table, q.to(table.scan_dtype), plan)
+            cand, valid = _scan.kernel_cells(operands, q.to(table.scan_dtype), plan)
         else:
             cand, valid = _scan.scan_cells(table, scan_queries(q, table.scan_dtype), plan)
         r, s = _scan.rescore(table, q, cand, valid, k, metric, max_memory)
