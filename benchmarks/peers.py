@@ -61,6 +61,49 @@ class PeakFlat(Method):
         return self.index.search(torch.from_numpy(test), k, recall_target=setting).ids.numpy()
 
 
+class PeakPartitioned(Method):
+    """peakknn.PartitionedIndex with about sqrt(n) partitions; the knob is partitions searched."""
+
+    knob = "probe"
+    codes = "bf16"
+
+    @property
+    def name(self):
+        return f"peakknn partitioned {self.codes}"
+
+    def settings(self, quick):
+        top = self.partitions
+        return [p for p in ([1, 4, 16, 64] if quick else [2, 4, 6, 8, 12, 16, 24, 32, 48, 64]) if p <= top]
+
+    def build(self, train, metric):
+        from peakknn.bench import default_partitions
+
+        self.partitions = default_partitions(train.shape[0])
+        settings = peakknn.PartitionSettings(partitions=self.partitions, codes=self.codes, keep_vectors=self.keep)
+        self.index = peakknn.PartitionedIndex(train.shape[1], metric=metric, settings=settings)
+        self.index.add(torch.from_numpy(train))
+        self.memory_mb = self.index.memory_bytes / 2**20
+
+    keep = True
+
+    def search(self, test, k, setting):
+        return self.index.search(torch.from_numpy(test), k, probe=setting).ids.numpy()
+
+
+class PeakPartitionedPQ(PeakPartitioned):
+    codes = "pq4"
+
+
+class PeakPartitionedPQOnly(PeakPartitioned):
+    """Compressed-only: 4-bit PQ codes, no fp32 vectors, no re-ranking."""
+
+    codes, keep = "pq4", False
+
+    @property
+    def name(self):
+        return "peakknn partitioned pq4 codes-only"
+
+
 class TorchExact(Method):
     name = "torch exact (mm+topk)"
 
@@ -122,6 +165,29 @@ class FaissIVF(_Faiss):
 
     def apply(self, setting):
         self.index.nprobe = setting
+
+
+class FaissIVFPQ(_Faiss):
+    """FAISS's fast-scan PQ (4-bit, 2 dims per code) with exact re-ranking of the candidates."""
+
+    name, knob = "faiss IVF,PQfs,RFlat", "nprobe"
+
+    def factory_for(self, n):
+        self.nlist = max(16, int(4 * math.sqrt(n)))
+        return f"IVF{self.nlist},PQ{self.dim // 2}x4fs,RFlat"
+
+    def build(self, train, metric):
+        self.dim = train.shape[1]
+        super().build(train, metric)
+
+    def settings(self, quick):
+        return [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128]
+
+    def apply(self, setting):
+        import faiss
+
+        faiss.extract_index_ivf(self.index).nprobe = setting
+        self.index.k_factor = 10  # re-rank 10k PQ candidates exactly (the default 1 re-ranks only k)
 
 
 class FaissHNSW(_Faiss):
@@ -212,9 +278,13 @@ class ScaNNTree(_ScaNN):
 
 METHODS: dict[str, type[Method]] = {
     "peakknn": PeakFlat,
+    "peakknn-ivf": PeakPartitioned,
+    "peakknn-ivf-pq": PeakPartitionedPQ,
+    "peakknn-ivf-pq-only": PeakPartitionedPQOnly,
     "torch": TorchExact,
     "faiss-flat": FaissFlat,
     "faiss-ivf": FaissIVF,
+    "faiss-ivfpq": FaissIVFPQ,
     "faiss-hnsw": FaissHNSW,
     "hnswlib": Hnswlib,
     "usearch": USearch,

@@ -20,10 +20,12 @@ def run(script: str, *args: str) -> str:
 @pytest.mark.slow
 def test_suite_quick_writes_table_points_and_skips_missing_peers(tmp_path):
     out = run("suite.py", "--quick", "--synthetic", "3000x16", "--nq", "50", "--repeat", "1",
-              "--methods", "peakknn,torch,faiss-flat,hnswlib", "--out", str(tmp_path))  # fmt: skip
+              "--methods", "peakknn,peakknn-ivf,torch,faiss-flat,hnswlib", "--out", str(tmp_path))  # fmt: skip
     payload = json.loads((tmp_path / "clustered-3000x16.json").read_text())
     methods = {p["method"] for p in payload["points"]}
-    assert {"peakknn flat bf16", "torch exact (mm+topk)"} <= methods
+    assert {"peakknn flat bf16", "peakknn partitioned bf16", "torch exact (mm+topk)"} <= methods
+    curve = [p["recall"] for p in payload["points"] if p["method"] == "peakknn partitioned bf16"]
+    assert len(curve) >= 3 and curve[-1] >= 0.99 and all(b >= a - 0.005 for a, b in zip(curve, curve[1:]))
     for name, module in (("faiss-flat", "faiss"), ("hnswlib", "hnswlib")):
         if importlib.util.find_spec(module) is None:
             assert f"skip {name}" in out

@@ -40,6 +40,18 @@ def test_bench_on_hdf5_writes_json(hdf5_file, tmp_path, capsys):
     assert payload["ceilings"]["matmul_flops"]["bf16"] > 0
 
 
+def test_bench_partitioned_sweep(hdf5_file, tmp_path, capsys):
+    path, *_ = hdf5_file
+    out = tmp_path / "bench.json"
+    args = ["bench", "--dataset", str(path), "--repeat", "1", "--no-peers", "--partitioned", "1,4,16", "--partitions", "16"]
+    assert main([*args, "--json", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text())["rows"] if "partitioned" in r["method"]]
+    assert [r["method"].rsplit("=", 1)[1] for r in rows] == ["1", "4", "16"]
+    recalls = [r["recall"] for r in rows]
+    assert recalls[0] < recalls[-1] and recalls[-1] >= 0.99
+    assert "peakknn partitioned bf16 P=16 probe=4" in capsys.readouterr().out
+
+
 def test_bench_synthetic_small(capsys):
     assert main(["bench", "--n", "5000", "--d", "8", "--nq", "20", "--repeat", "1"]) == 0
     assert "random-5000x8" in capsys.readouterr().out

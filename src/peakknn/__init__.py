@@ -4,14 +4,16 @@
     values, indices = peakknn.approx_topk(x, k=10, recall_target=0.95)   # drop-in for torch.topk
     result = peakknn.search(queries, database, k=10, metric="l2", precision="bf16")
     index = peakknn.Index(128, metric="cos"); index.add(vectors); index.search(queries, 10)
+    big = peakknn.PartitionedIndex(128, settings=peakknn.PartitionSettings(codes="pq4")); big.add(vectors)
 
 Importing peakknn starts no CUDA and loads no optional dependency.
 """
 
 from ._types import SearchResult
 from .index import Index
+from .quant import PartitionedIndex, PartitionSettings, SearchSettings
 from .search import search
 from .topk import approx_topk, bins_for_recall, expected_recall
 
 __version__ = "0.1.0"
-__all__ = ["Index", "SearchResult", "approx_topk", "bins_for_recall", "expected_recall", "search"]
+__all__ = ["Index", "PartitionSettings", "PartitionedIndex", "SearchResult", "SearchSettings", "approx_topk", "bins_for_recall", "expected_recall", "search"]

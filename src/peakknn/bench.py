@@ -4,6 +4,9 @@ Every method answers the same queries in the same process; recall is computed by
 `data.recall_at_k` (ties allowed) against the file's ground truth, or against an exact fp32
 torch search for synthetic data. Times are medians over `repeat` runs of the whole query batch.
 
+`--partitioned 4,8,16,32` adds a PartitionedIndex (peakknn.quant) searched with each number of
+partitions, one row per setting: the recall / queries-per-second curve next to the peers.
+
 Roofline columns (peakknn.perfmodel): the predicted floor of the search's shape on this
 machine's measured ceilings (bf16 floor for peakknn bf16 rows, fp32 for exact methods), the
 achieved % of that floor, and the term that sets it (matrix, memory or vector).
@@ -85,7 +88,12 @@ def run_bench(
     precision: str = "bf16",
     repeat: int = 3,
     peers: bool = True,
+    probes: list[int] | None = None,
+    codes: str = "bf16",
+    partitions: int | None = None,
 ) -> list[Row]:
+    """Rows for the flat Index, then (probes given) a PartitionedIndex at each number of
+    partitions searched, then the peers (torch exact, FAISS flat)."""
     train_t, test_t = torch.from_numpy(ds.train), torch.from_numpy(ds.test)
     n, d = ds.train.shape
     nq = ds.test.shape[0]
@@ -110,14 +118,43 @@ def run_bench(
     res, secs = timed(lambda: index.search(test_t, k, recall_target=recall_target), repeat)
     rows.append(Row(f"peakknn {precision} r={recall_target}", recall(res.ids.numpy()), nq / secs, secs, build, index.memory_bytes / 2**20))
 
+    if probes:
+        rows.extend(partitioned_rows(ds, k, probes, codes, partitions, repeat, recall))
     if peers:
         rows.append(Row("torch exact (mm+topk)", recall(exact_ids), nq / exact_s, exact_s, 0.0, n * d * 4 / 2**20))
         rows.extend(_faiss_rows(ds, k, repeat, recall))
     ceilings = perfmodel.ceilings("cpu")
     for row in rows:
+        if "partitioned" in row.method:
+            continue  # the roofline model covers brute force only
         exact = not row.method.startswith("peakknn")
         p = perfmodel.predict(nq, n, d, k, 1.0 if exact else recall_target, "fp32" if exact else precision, ceilings)
         row.floor_s, row.bottleneck = p.floor_s, p.bottleneck
+    return rows
+
+
+def default_partitions(n: int) -> int:
+    """About sqrt(n) partitions (ScaNN's and FAISS's rule of thumb), a power of two >= 16."""
+    return max(16, 1 << round(np.log2(max(1.0, n**0.5))))
+
+
+def partitioned_rows(ds: Dataset, k: int, probes: list[int], codes: str, partitions: int | None, repeat: int, recall) -> list[Row]:
+    """One Row per number of partitions searched (the recall / queries-per-second curve)."""
+    from .quant import PartitionedIndex, PartitionSettings
+
+    n, d = ds.train.shape
+    test_t = torch.from_numpy(ds.test)
+    settings = PartitionSettings(partitions=partitions or default_partitions(n), codes=codes)
+    t0 = time.perf_counter()
+    index = PartitionedIndex(d, metric=ds.metric, settings=settings)
+    index.add(torch.from_numpy(ds.train))
+    build = time.perf_counter() - t0
+    rows = []
+    for probe in probes:
+        index.search(test_t[: min(8, len(test_t))], k, probe=probe)  # warm-up
+        res, secs = timed(lambda: index.search(test_t, k, probe=probe), repeat)
+        name = f"peakknn partitioned {codes} P={settings.partitions} probe={probe}"
+        rows.append(Row(name, recall(res.ids.numpy()), len(test_t) / secs, secs, build, index.memory_bytes / 2**20))
     return rows
 
 
@@ -150,10 +187,8 @@ def format_table(rows: list[Row], title: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
-        lines.append(
-            f"| {r.method} | {r.recall:.4f} | {r.qps:,.0f} | {r.search_s:.3f} | {r.floor_s:.3f} | {r.pct_floor:.0f}% "
-            f"| {r.bottleneck} | {r.build_s:.2f} | {r.memory_mb:,.0f} |"
-        )
+        floor = "- | - | -" if r.floor_s != r.floor_s else f"{r.floor_s:.3f} | {r.pct_floor:.0f}% | {r.bottleneck}"
+        lines.append(f"| {r.method} | {r.recall:.4f} | {r.qps:,.0f} | {r.search_s:.3f} | {floor} | {r.build_s:.2f} | {r.memory_mb:,.0f} |")
     return "\n".join(lines)
 
 
@@ -168,7 +203,11 @@ def main(args) -> int:
         ds = synthetic(args.n, args.d, args.nq or 1000, seed=args.seed)
     if ds.neighbors is not None and ds.neighbors.shape[1] < args.k:
         raise ValueError(f"the file's ground truth has {ds.neighbors.shape[1]} neighbours, fewer than k={args.k}")
-    rows = run_bench(ds, k=args.k, recall_target=args.recall_target, precision=args.precision, repeat=args.repeat, peers=not args.no_peers)
+    probes = [int(p) for p in args.partitioned.split(",")] if args.partitioned else None
+    rows = run_bench(
+        ds, k=args.k, recall_target=args.recall_target, precision=args.precision, repeat=args.repeat,
+        peers=not args.no_peers, probes=probes, codes=args.codes, partitions=args.partitions,
+    )  # fmt: skip
     n, d = ds.train.shape
     title = f"{ds.name}: n={n:,} d={d} queries={ds.test.shape[0]:,} k={args.k} metric={ds.metric} threads={args.threads}"
     print(format_table(rows, title))

@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-peers", action="store_true", help="skip FAISS and torch")
     b.add_argument("--json", help="also write the numbers to this JSON file")
+    b.add_argument("--partitioned", metavar="PROBES", help="also a PartitionedIndex searched with each of these comma-separated partition counts")
+    b.add_argument("--codes", choices=["bf16", "int8", "pq4"], default="bf16", help="codes of the partitioned index")
+    b.add_argument("--partitions", type=int, default=None, help="partitions of the partitioned index (default about sqrt(n))")
     b.add_argument("--remeasure", action="store_true", help="measure the machine's ceilings again (peakknn.perfmodel cache)")
 
     s = sub.add_parser("build", help="vectors (.npy or HDF5) -> saved index directory")

@@ -1,4 +1,8 @@
-"""Saving and loading an Index: a directory with a JSON manifest and one safetensors file.
+"""Saving and loading indexes: a directory with a JSON manifest and one safetensors file.
+
+`write_bundle` / `read_bundle` hold the layout, atomicity and integrity checks; `save_index` /
+`load_index` (the flat Index) and `peakknn.quant.partitioned` (format "peakknn.partitioned")
+add their own fields and array checks on top. The flat index's layout:
 
     path/
       manifest.json                 {"format": "peakknn.index", "version": 1, settings...,
@@ -32,10 +36,6 @@ MANIFEST = "manifest.json"
 
 def save_index(index, path) -> None:
     """Write `index` to directory `path` (created if needed), atomically."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     slots = torch.tensor(sorted(index._id_to_slot.values()), dtype=torch.int64)
     dev_slots = slots.to(index.device)
     arrays = {
@@ -44,9 +44,6 @@ def save_index(index, path) -> None:
         "ids": index._slot_ids[dev_slots].cpu().contiguous(),
         "free": torch.from_numpy(index._free.copy()),
     }
-    blob = save(arrays)
-    name = f"arrays-{secrets.token_hex(8)}.safetensors"
-    _write_durably(path / name, blob)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -60,9 +57,20 @@ def save_index(index, path) -> None:
         "blocks": index._blocks,
         "next_id": index._next_id,
         "count": len(index),
-        "arrays": name,
-        "sha256": hashlib.sha256(blob).hexdigest(),
     }
+    write_bundle(path, manifest, arrays)
+
+
+def write_bundle(path: Path, manifest: dict, arrays: dict[str, torch.Tensor]) -> None:
+    """Write arrays as a fresh safetensors file, then the manifest naming it (atomically)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    blob = save({name: t.cpu().contiguous() for name, t in arrays.items()})
+    name = f"arrays-{secrets.token_hex(8)}.safetensors"
+    _write_durably(path / name, blob)
+    manifest = {**manifest, "arrays": name, "sha256": hashlib.sha256(blob).hexdigest()}
     tmp = path / f"{MANIFEST}.tmp-{secrets.token_hex(4)}"
     _write_durably(tmp, json.dumps(manifest, indent=1).encode())
     os.replace(tmp, path / MANIFEST)
@@ -72,11 +80,10 @@ def save_index(index, path) -> None:
             old.unlink(missing_ok=True)
 
 
-def load_index(path, *, device="cpu"):
-    """Read an index saved by `save_index`; raises ValueError on anything inconsistent."""
+def read_bundle(path, fmt: str, version: int) -> tuple[dict, dict[str, torch.Tensor], Path]:
+    """(manifest, arrays, arrays file path) of a bundle written by `write_bundle`, after checking
+    the format, version, the arrays file's name and SHA-256. Raises ValueError."""
     from safetensors.torch import load
-
-    from .index import Index
 
     path = Path(path)
     manifest_path = path / MANIFEST
@@ -86,21 +93,32 @@ def load_index(path, *, device="cpu"):
         manifest = json.loads(manifest_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{manifest_path} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path} is not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
-        raise ValueError(f"{manifest_path} has format version {manifest.get('version')!r}; this peakknn reads {VERSION}")
-    m = _fields(manifest, manifest_path)
-    arrays_path = path / m["arrays"]
-    if Path(m["arrays"]).name != m["arrays"] or not arrays_path.is_file():
-        raise ValueError(f"{manifest_path} names arrays file {m['arrays']!r}, which is missing")
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise ValueError(f"{manifest_path} is not a {fmt} manifest")
+    if manifest.get("version") != version:
+        raise ValueError(f"{manifest_path} has format version {manifest.get('version')!r}; this peakknn reads {version}")
+    name, digest = manifest.get("arrays"), manifest.get("sha256")
+    if not isinstance(name, str) or not isinstance(digest, str):
+        raise ValueError(f"{manifest_path}: fields 'arrays' and 'sha256' must be strings")
+    arrays_path = path / name
+    if Path(name).name != name or not arrays_path.is_file():
+        raise ValueError(f"{manifest_path} names arrays file {name!r}, which is missing")
     blob = arrays_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != m["sha256"]:
+    if hashlib.sha256(blob).hexdigest() != digest:
         raise ValueError(f"{arrays_path} is corrupt or truncated (SHA-256 mismatch)")
     try:
         arrays = load(blob)
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{arrays_path} is not a valid safetensors file: {e}") from None
+    return manifest, arrays, arrays_path
+
+
+def load_index(path, *, device="cpu"):
+    """Read an index saved by `save_index`; raises ValueError on anything inconsistent."""
+    from .index import Index
+
+    manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION)
+    m = _fields(manifest, Path(path) / MANIFEST)
     vectors, slots, ids, free = _arrays(arrays, m, arrays_path)
 
     index = Index(m["dim"], metric=m["metric"], dtype=m["dtype"], device=device, recall_target=m["recall_target"], seed=m["seed"])

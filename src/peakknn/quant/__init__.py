@@ -1,9 +1,23 @@
-"""Anisotropic vector quantization (ScaNN's score-aware loss): training pieces.
+"""Anisotropic vector quantization (ScaNN's score-aware loss) and partitioned search.
 
-Status: the loss, eta, the closed-form centre and anisotropic k-means are here and tested; the
-compressed codes and the partitioned index built on them are not written yet (issue #5).
+    avq.py          eta, the loss, the closed-form centre, anisotropic k-means
+    codes.py        int8 scalar codes and 4-bit product quantization (anisotropic training)
+    partitioned.py  PartitionedIndex: partitions + codes + exact re-ranking, with updates
 """
 
 from .avq import anisotropic_centre, anisotropic_loss, assignment_loss, avq_kmeans, eta_from_threshold
+from .codes import Int8Codes, ProductQuantizer
+from .partitioned import PartitionedIndex, PartitionSettings, SearchSettings
 
-__all__ = ["anisotropic_centre", "anisotropic_loss", "assignment_loss", "avq_kmeans", "eta_from_threshold"]
+__all__ = [
+    "Int8Codes",
+    "PartitionSettings",
+    "PartitionedIndex",
+    "ProductQuantizer",
+    "SearchSettings",
+    "anisotropic_centre",
+    "anisotropic_loss",
+    "assignment_loss",
+    "avq_kmeans",
+    "eta_from_threshold",
+]

@@ -1,0 +1,311 @@
+"""PartitionedIndex: recall against exact search, monotone probe curves, updates after training,
+save/load round trips, compressed-only memory, PQ codes, and bad settings."""
+
+import numpy as np
+import pytest
+import torch
+
+from peakknn import Index, PartitionedIndex, PartitionSettings, SearchSettings
+from peakknn.data import clustered
+from peakknn.quant import ProductQuantizer, anisotropic_loss, eta_from_threshold
+from peakknn.quant.codes import Int8Codes, pack, unpack
+from peakknn.search import search
+
+METRICS = ("ip", "l2", "cos")
+CODES = ("bf16", "int8", "pq4")
+
+
+def data(n=4000, d=32, nq=60, seed=0):
+    ds = clustered(n, d, nq, clusters=40, spread=0.3, seed=seed)
+    return torch.from_numpy(ds.train), torch.from_numpy(ds.test)
+
+
+def truth(x, q, k, metric):
+    return search(q, x, k, metric=metric, recall_target=1.0).ids
+
+
+def recall(ids, expected):
+    hits = (ids.unsqueeze(2) == expected.unsqueeze(1)) & (ids.unsqueeze(2) >= 0)
+    return float(hits.any(2).float().mean())
+
+
+def build(x, metric="ip", **settings):
+    settings.setdefault("partitions", 32)
+    index = PartitionedIndex(x.shape[1], metric=metric, settings=PartitionSettings(**settings))
+    index.add(x)
+    return index
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("codes", CODES)
+def test_all_partitions_with_rerank_reach_high_recall(metric, codes):
+    x, q = data()
+    index = build(x, metric, codes=codes)
+    assert index.is_trained and len(index) == x.shape[0]
+    expected = truth(x, q, 10, metric)
+    result = index.search(q, 10, probe=32)
+    assert recall(result.ids, expected) >= 0.99
+    # Reported scores are exact for the returned ids (re-ranked in fp32).
+    exact = search(q, x, 10, metric=metric, recall_target=1.0)
+    hit = result.ids == exact.ids
+    torch.testing.assert_close(result.scores[hit], exact.scores[hit], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("codes", ("bf16", "pq4"))
+def test_recall_is_monotone_in_partitions_searched(metric, codes):
+    x, q = data(seed=1)
+    index = build(x, metric, codes=codes, block_dims=4)
+    expected = truth(x, q, 10, metric)
+    curve = [recall(index.search(q, 10, probe=p).ids, expected) for p in (1, 2, 4, 8, 16, 32)]
+    assert all(b >= a - 0.005 for a, b in zip(curve, curve[1:])), curve
+    assert curve[0] < curve[-1]
+
+
+def test_recall_compares_with_the_flat_index():
+    x, q = data(n=6000, d=48, seed=2)
+    expected = truth(x, q, 10, "cos")
+    part = build(x, "cos", partitions=48)
+    flat = Index(48, metric="cos")
+    flat.add(x)
+    assert recall(part.search(q, 10, probe=48).ids, expected) >= recall(flat.search(q, 10).ids, expected) - 0.01
+
+
+def test_updates_after_training_show_immediately():
+    x, q = data(seed=3)
+    index = build(x, "l2", partitions=16)
+    # add: a new row equal to a query is that query's nearest row
+    new = index.add(q[:5])
+    got = index.search(q[:5], 1, probe=16).ids[:, 0]
+    assert torch.equal(got, new)
+    # remove: it disappears from results
+    index.remove(new[:2])
+    got = index.search(q[:5], 1, probe=16).ids[:, 0]
+    assert not set(new[:2].tolist()) & set(got.tolist())
+    assert torch.equal(got[2:], new[2:])
+    # upsert: an existing id gets a new vector (possibly in another partition)
+    index.upsert(q[7:8], ids=[int(new[2])])
+    assert int(index.search(q[7:8], 1, probe=16).ids[0, 0]) == int(new[2])
+    assert int(index.search(q[2:3], 1, probe=16).ids[0, 0]) != int(new[2])
+    torch.testing.assert_close(index.get([int(new[2])]), q[7:8])
+    assert len(index) == x.shape[0] + 3
+    # bookkeeping stays consistent: each live id is in exactly one partition slot
+    assert int(index.partition_sizes.sum()) == len(index)
+    with pytest.raises(ValueError, match="already"):
+        index.add(q[:1], ids=[int(new[3])])
+    assert len(index) == x.shape[0] + 3
+    with pytest.raises(ValueError, match="not in the index"):
+        index.remove([10**9])
+
+
+def test_every_row_stays_findable_through_churn():
+    """Random interleaved adds/removes/upserts, then each live row finds itself (probe = all)."""
+    x, _ = data(n=3000, d=16, seed=4)
+    index = build(x[:1000], "l2", partitions=8, codes="int8")
+    rng = np.random.default_rng(0)
+    live = dict(enumerate(x[:1000]))
+    nxt = 1000
+    for step in range(30):
+        op = step % 3
+        if op == 0:
+            ids = index.add(x[nxt : nxt + 50])
+            live.update(zip(ids.tolist(), x[nxt : nxt + 50]))
+            nxt += 50
+        elif op == 1:
+            gone = rng.choice(sorted(live), 40, replace=False)
+            index.remove(gone)
+            for i in gone.tolist():
+                del live[i]
+        else:
+            ids = rng.choice(sorted(live), 20, replace=False)
+            vecs = x[2000 + 20 * step : 2020 + 20 * step]  # same distribution (int8 scales clamp outliers)
+            index.upsert(vecs, ids=ids)
+            live.update(zip(ids.tolist(), vecs))
+    ids = sorted(live)
+    vecs = torch.stack([live[i] for i in ids])
+    got = index.search(vecs, 1, probe=8).ids[:, 0]
+    assert torch.equal(got, torch.tensor(ids))
+
+
+@pytest.mark.parametrize("codes", CODES)
+@pytest.mark.parametrize("keep", (True, False))
+def test_save_load_round_trip_is_identical(tmp_path, codes, keep):
+    x, q = data(seed=5)
+    index = build(x, "l2", partitions=16, codes=codes, block_dims=4, keep_vectors=keep)
+    index.remove([1, 2, 3])
+    index.add(q[:3], ids=[10**6, 10**6 + 1, 10**6 + 2])
+    index.save(tmp_path / "idx")
+    loaded = PartitionedIndex.load(tmp_path / "idx")
+    for probe in (1, 4, 16):
+        a, b = index.search(q, 10, probe=probe), loaded.search(q, 10, probe=probe)
+        assert torch.equal(a.ids, b.ids)
+        assert torch.equal(a.scores, b.scores)
+    assert loaded.settings == index.settings and len(loaded) == len(index)
+    # the loaded index keeps working
+    new = loaded.add(q[5:6] * 3)
+    assert int(new) == 10**6 + 3
+
+
+def test_untrained_round_trip_and_auto_training(tmp_path):
+    x, q = data(seed=6)
+    index = PartitionedIndex(32, settings=PartitionSettings(partitions=8, train_size=500))
+    index.add(x[:300])
+    assert not index.is_trained
+    with pytest.raises(ValueError, match="not trained"):
+        index.search(q, 5)
+    index.save(tmp_path / "u")
+    loaded = PartitionedIndex.load(tmp_path / "u")
+    assert not loaded.is_trained and len(loaded) == 300
+    loaded.add(x[300:600])  # crosses train_size: trains itself on the 600 rows
+    assert loaded.is_trained and int(loaded.partition_sizes.sum()) == 600
+    expected = truth(x[:600], q, 5, "ip")
+    assert recall(loaded.search(q, 5, probe=8).ids, expected) >= 0.99
+
+
+def test_explicit_training_and_no_auto_training():
+    x, q = data(seed=7)
+    index = PartitionedIndex(32, settings=PartitionSettings(partitions=8, train_size=None))
+    index.add(x)
+    assert not index.is_trained
+    index.train(x[:1000])
+    assert index.is_trained and int(index.partition_sizes.sum()) == x.shape[0]
+    expected = truth(x, q, 5, "ip")
+    assert recall(index.search(q, 5, probe=8).ids, expected) >= 0.99
+
+
+def test_compressed_only_memory_is_under_an_eighth_of_fp32():
+    x, q = data(n=8000, d=384, nq=20, seed=8)
+    index = build(x, "cos", partitions=16, codes="pq4", block_dims=2, keep_vectors=False)
+    fp32 = x.numel() * 4
+    assert index.memory_bytes <= fp32 / 8, (index.memory_bytes, fp32)
+    with pytest.raises(ValueError, match="keeps no vectors"):
+        index.get([0])
+    with pytest.raises(ValueError, match="cannot be retrained"):
+        index.train()
+
+
+def test_compressed_only_search_ranks_by_codes():
+    ds = clustered(4000, 64, 60, clusters=40, spread=1.0, seed=8)
+    x, q = torch.from_numpy(ds.train), torch.from_numpy(ds.test)
+    expected = truth(x, q, 10, "cos")
+    index = build(x, "cos", partitions=16, codes="pq4", keep_vectors=False)
+    result = index.search(q, 10, probe=16)
+    assert recall(result.ids, expected) >= 0.6  # measured 0.70; random ids would give 0.0025
+    # reported scores are the codes' estimates, close to the exact cosines
+    exact = (torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(x, dim=1).T).gather(1, result.ids)
+    assert float((result.scores - exact).abs().mean()) < 0.05
+
+
+def test_searches_override_the_index_settings():
+    x, q = data(seed=9)
+    index = PartitionedIndex(32, settings=PartitionSettings(partitions=32), search_settings=SearchSettings(probe=1))
+    index.add(x)
+    expected = truth(x, q, 10, "ip")
+    low = recall(index.search(q, 10).ids, expected)
+    high = recall(index.search(q, 10, probe=32).ids, expected)
+    assert low < high
+    assert recall(index.search(q, 10, probe=1).ids, expected) == low
+    assert index.search(q, 10, probe=10**6).ids.shape == (q.shape[0], 10)  # capped at partitions
+
+
+def test_fewer_rows_than_k_gives_fillers():
+    x, q = data(n=200, seed=10)
+    index = build(x, "l2", partitions=4, codes="bf16")
+    result = index.search(q, 300, probe=1)
+    assert (result.ids == -1).any()
+    assert torch.isinf(result.scores[result.ids == -1]).all()
+    assert (result.scores[result.ids == -1] > 0).all()  # +inf for distances
+
+
+def test_bad_settings_and_inputs_are_rejected():
+    for bad in (dict(partitions=0), dict(codes="pq8"), dict(block_dims=0), dict(threshold=1.5), dict(train_size=0), dict(iters=0)):
+        with pytest.raises(ValueError):
+            PartitionSettings(**bad)
+    with pytest.raises(ValueError, match="divisible"):
+        PartitionedIndex(30, settings=PartitionSettings(codes="pq4", block_dims=4))
+    with pytest.raises(ValueError):
+        SearchSettings(probe=0)
+    with pytest.raises(TypeError):
+        PartitionedIndex(8, settings={"partitions": 4})
+    x, q = data(n=100, seed=11)
+    index = PartitionedIndex(32, settings=PartitionSettings(partitions=200, train_size=None))
+    index.add(x)
+    with pytest.raises(ValueError, match="more than the 100"):
+        index.train()
+    assert not index.is_trained and len(index) == 100  # nothing changed
+    index = build(x, partitions=4, train_size=50)
+    with pytest.raises(ValueError, match="probe"):
+        index.search(q, 5, probe=0)
+    with pytest.raises(ValueError, match="dim"):
+        index.search(torch.randn(3, 7), 5)
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(torch.full((1, 32), float("nan")))
+    with pytest.raises(ValueError):
+        index.search(q, 0)
+    assert len(index) == 100
+
+
+def test_corrupt_files_are_rejected(tmp_path):
+    x, _ = data(n=500, seed=12)
+    index = build(x, partitions=4, codes="int8")
+    index.save(tmp_path / "c")
+    arrays = next((tmp_path / "c").glob("arrays-*.safetensors"))
+    blob = bytearray(arrays.read_bytes())
+    blob[-5] ^= 0xFF
+    arrays.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="corrupt"):
+        PartitionedIndex.load(tmp_path / "c")
+    with pytest.raises(ValueError, match="not a saved"):
+        PartitionedIndex.load(tmp_path / "missing")
+    index.save(tmp_path / "flat_format")
+    flat = Index(32)
+    flat.add(x)
+    flat.save(tmp_path / "flat")
+    with pytest.raises(ValueError, match="peakknn.partitioned"):
+        PartitionedIndex.load(tmp_path / "flat")
+
+
+# ----------------------------------------------------------------- codes
+
+
+def test_pack_unpack_round_trip():
+    codes = torch.randint(0, 16, (50, 7))
+    assert torch.equal(unpack(pack(codes), 7).to(torch.int64), codes)
+
+
+def test_int8_codes_error_is_bounded():
+    x = torch.randn(1000, 24)
+    codec = Int8Codes.train(x)
+    err = (codec.decode(codec.encode(x)) - x).abs()
+    assert float((err / codec.scale).max()) <= 0.5 + 1e-4
+    q = torch.randn(5, 24)
+    torch.testing.assert_close(
+        (codec.scan_queries(q).float() @ codec.scan_rows(codec.encode(x)).float().T),
+        q @ codec.decode(codec.encode(x)).T,
+        rtol=5e-2,
+        atol=5e-2,
+    )
+
+
+def test_anisotropic_pq_lowers_the_error_of_top_scoring_pairs():
+    """The paper's claim for codes: at equal bits, the score-aware loss gives a smaller
+    inner-product error on each query's top pairs than plain PQ (reconstruction loss)."""
+    ds = clustered(6000, 32, 100, clusters=30, spread=0.25, seed=13)
+    x = torch.nn.functional.normalize(torch.from_numpy(ds.train), dim=1)
+    q = torch.nn.functional.normalize(torch.from_numpy(ds.test), dim=1)
+    eta = eta_from_threshold(0.2, 32)
+    plain = ProductQuantizer.train(x, 2, eta=1.0, seed=0)
+    aniso = ProductQuantizer.train(x, 2, eta=eta, directions=x, seed=0)
+    exact = q @ x.T
+    top = exact.topk(10, dim=1).indices
+
+    def top_error(pq, eta_encode):
+        approx = q @ pq.decode(pq.encode(x, x, eta_encode)).T
+        return float((approx - exact).gather(1, top).abs().mean())
+
+    plain_err, aniso_err = top_error(plain, 1.0), top_error(aniso, eta)
+    assert aniso_err < 0.9 * plain_err, (aniso_err, plain_err)
+    # and it is the anisotropic loss that went down
+    lp = anisotropic_loss(x, plain.decode(plain.encode(x)), eta).mean()
+    la = anisotropic_loss(x, aniso.decode(aniso.encode(x, x, eta)), eta).mean()
+    assert la < lp
