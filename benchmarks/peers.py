@@ -65,7 +65,7 @@ class PeakPartitioned(Method):
     """peakknn.PartitionedIndex with about sqrt(n) partitions; the knob is partitions searched."""
 
     knob = "probe"
-    codes = "bf16"
+    codes, keep = "bf16", True  # code type; keep fp32 vectors for re-ranking
 
     @property
     def name(self):
@@ -83,8 +83,6 @@ class PeakPartitioned(Method):
         self.index = peakknn.PartitionedIndex(train.shape[1], metric=metric, settings=settings)
         self.index.add(torch.from_numpy(train))
         self.memory_mb = self.index.memory_bytes / 2**20
-
-    keep = True
 
     def search(self, test, k, setting):
         return self.index.search(torch.from_numpy(test), k, probe=setting).ids.numpy()

@@ -288,9 +288,10 @@ class PartitionedIndex:
         depth = self._rerank_depth(k, rerank)
         widest = int(np.sort(self._sizes)[-probe:].sum())
         block = int(max(1, min(4096, max_memory // max(1, 6 * widest + 4 * self.settings.partitions))))
+        centre_bias = rank_bias(self._centres, self.metric) if self.metric == "l2" else None
         ranks, slots = [], []
         for i in range(0, q.shape[0], block):
-            r, s = self._search_block(q[i : i + block], k, probe, depth)
+            r, s = self._search_block(q[i : i + block], k, probe, depth, centre_bias)
             ranks.append(r)
             slots.append(s)
         rank, slot = torch.cat(ranks), torch.cat(slots)
@@ -298,10 +299,10 @@ class PartitionedIndex:
         result = finish(rank, ids, self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
 
-    def _search_block(self, q: torch.Tensor, k: int, probe: int, depth: int | None):
+    def _search_block(self, q: torch.Tensor, k: int, probe: int, depth: int | None, centre_bias: torch.Tensor | None):
         nq = q.shape[0]
         dot_c = q @ self._centres.T  # [nq, P]
-        score_c = dot_c + rank_bias(self._centres, self.metric) if self.metric == "l2" else dot_c
+        score_c = dot_c if centre_bias is None else dot_c + centre_bias
         _, pids = torch.topk(score_c, probe, dim=1)  # [nq, probe]
         sizes = torch.from_numpy(self._sizes).to(q.device)
         widths = sizes[pids]
@@ -526,11 +527,12 @@ class PartitionedIndex:
                 self._rows[p] = _grow(self._rows[p], cap)
                 self._slots[p] = _grow(self._slots[p], cap)
                 self._bias[p] = _grow(self._bias[p], cap)
+            placed = slots[rows.numpy()]
             self._rows[p][size : size + c] = codes[rows.to(codes.device)]
-            self._slots[p][size : size + c] = torch.from_numpy(slots)[rows]
+            self._slots[p][size : size + c] = torch.from_numpy(placed)
             self._bias[p][size : size + c] = bias[rows.to(bias.device)].cpu()
-            self._where[slots[rows.numpy()], 0] = p
-            self._where[slots[rows.numpy()], 1] = np.arange(size, size + c)
+            self._where[placed, 0] = p
+            self._where[placed, 1] = np.arange(size, size + c)
             self._sizes[p] = size + c
         self._flat = None
 
