@@ -62,30 +62,37 @@ class PeakFlat(Method):
 
 
 class PeakPartitioned(Method):
-    """peakknn.PartitionedIndex with about sqrt(n) partitions; the knob is partitions searched."""
+    """peakknn.PartitionedIndex with about 2 sqrt(n) partitions; the knob is partitions searched."""
 
     knob = "probe"
-    codes, keep = "bf16", True  # code type; keep fp32 vectors for re-ranking
+    codes, keep, spill = "bf16", True, None  # code type; keep fp32 vectors for re-ranking; spill (None = default)
 
     @property
     def name(self):
-        return f"peakknn partitioned {self.codes}"
+        return f"peakknn partitioned {self.codes}" + (" no spill" if self.spill is False else "")
 
     def settings(self, quick):
         top = self.partitions
-        return [p for p in ([1, 4, 16, 64] if quick else [2, 4, 6, 8, 12, 16, 24, 32, 48, 64]) if p <= top]
+        return [p for p in ([1, 4, 16, 64] if quick else [2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64]) if p <= top]
 
     def build(self, train, metric):
         from peakknn.bench import default_partitions
 
         self.partitions = default_partitions(train.shape[0])
-        settings = peakknn.PartitionSettings(partitions=self.partitions, codes=self.codes, keep_vectors=self.keep)
+        settings = peakknn.PartitionSettings(
+            partitions=self.partitions, codes=self.codes, keep_vectors=self.keep, spill=self.spill, train_size=None
+        )
         self.index = peakknn.PartitionedIndex(train.shape[1], metric=metric, settings=settings)
         self.index.add(torch.from_numpy(train))
+        self.index.train()
         self.memory_mb = self.index.memory_bytes / 2**20
 
     def search(self, test, k, setting):
         return self.index.search(torch.from_numpy(test), k, probe=setting).ids.numpy()
+
+
+class PeakPartitionedNoSpill(PeakPartitioned):
+    spill = False
 
 
 class PeakPartitionedPQ(PeakPartitioned):
@@ -277,6 +284,7 @@ class ScaNNTree(_ScaNN):
 METHODS: dict[str, type[Method]] = {
     "peakknn": PeakFlat,
     "peakknn-ivf": PeakPartitioned,
+    "peakknn-ivf-nospill": PeakPartitionedNoSpill,
     "peakknn-ivf-pq": PeakPartitionedPQ,
     "peakknn-ivf-pq-only": PeakPartitionedPQOnly,
     "torch": TorchExact,

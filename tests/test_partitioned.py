@@ -15,8 +15,8 @@ METRICS = ("ip", "l2", "cos")
 CODES = ("bf16", "int8", "pq4")
 
 
-def data(n=4000, d=32, nq=60, seed=0):
-    ds = clustered(n, d, nq, clusters=40, spread=0.3, seed=seed)
+def data(n=4000, d=32, nq=60, seed=0, spread=0.3):
+    ds = clustered(n, d, nq, clusters=40, spread=spread, seed=seed)
     return torch.from_numpy(ds.train), torch.from_numpy(ds.test)
 
 
@@ -27,6 +27,11 @@ def truth(x, q, k, metric):
 def recall(ids, expected):
     hits = (ids.unsqueeze(2) == expected.unsqueeze(1)) & (ids.unsqueeze(2) >= 0)
     return float(hits.any(2).float().mean())
+
+
+def copies(index):
+    """Partitions each row is stored in (spill stores every row twice)."""
+    return 2 if index.settings.spill else 1
 
 
 def build(x, metric="ip", **settings):
@@ -53,9 +58,10 @@ def test_all_partitions_with_rerank_reach_high_recall(metric, codes):
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("codes", ("bf16", "pq4"))
-def test_recall_is_monotone_in_partitions_searched(metric, codes):
-    x, q = data(seed=1)
-    index = build(x, metric, codes=codes, block_dims=4)
+@pytest.mark.parametrize("spill", (False, True))
+def test_recall_is_monotone_in_partitions_searched(metric, codes, spill):
+    x, q = data(seed=1, spread=1.0)  # wide clusters: one partition does not hold all neighbours
+    index = build(x, metric, codes=codes, block_dims=4, spill=spill)
     expected = truth(x, q, 10, metric)
     curve = [recall(index.search(q, 10, probe=p).ids, expected) for p in (1, 2, 4, 8, 16, 32)]
     assert all(b >= a - 0.005 for a, b in zip(curve, curve[1:])), curve
@@ -90,7 +96,7 @@ def test_updates_after_training_show_immediately():
     torch.testing.assert_close(index.get([int(new[2])]), q[7:8])
     assert len(index) == x.shape[0] + 3
     # bookkeeping stays consistent: each live id is in exactly one partition slot
-    assert int(index.partition_sizes.sum()) == len(index)
+    assert int(index.partition_sizes.sum()) == len(index) * copies(index)
     with pytest.raises(ValueError, match="already"):
         index.add(q[:1], ids=[int(new[3])])
     assert len(index) == x.shape[0] + 3
@@ -98,10 +104,23 @@ def test_updates_after_training_show_immediately():
         index.remove([10**9])
 
 
-def test_every_row_stays_findable_through_churn():
+def check_bookkeeping(index):
+    """Every live row sits, once per copy, in distinct partitions at the recorded positions."""
+    pages = index._lists
+    live = np.flatnonzero(index._slot_ids.numpy() >= 0)
+    assert int(index.partition_sizes.sum()) == live.size * copies(index)
+    for slot in live.tolist():
+        parts = index._where[slot, :, 0]
+        assert (parts >= 0).all() and len(set(parts.tolist())) == parts.size
+        for p, pos in index._where[slot].tolist():
+            assert int(pages.rows(p)[1][pos]) == slot
+
+
+@pytest.mark.parametrize("spill", (False, True))
+def test_every_row_stays_findable_through_churn(spill):
     """Random interleaved adds/removes/upserts, then each live row finds itself (probe = all)."""
     x, _ = data(n=3000, d=16, seed=4)
-    index = build(x[:1000], "l2", partitions=8, codes="int8")
+    index = build(x[:1000], "l2", partitions=8, codes="int8", spill=spill)
     rng = np.random.default_rng(0)
     live = dict(enumerate(x[:1000]))
     nxt = 1000
@@ -121,10 +140,45 @@ def test_every_row_stays_findable_through_churn():
             vecs = x[2000 + 20 * step : 2020 + 20 * step]  # same distribution (int8 scales clamp outliers)
             index.upsert(vecs, ids=ids)
             live.update(zip(ids.tolist(), vecs))
+        if step % 10 == 9:
+            check_bookkeeping(index)
     ids = sorted(live)
     vecs = torch.stack([live[i] for i in ids])
     got = index.search(vecs, 1, probe=8).ids[:, 0]
     assert torch.equal(got, torch.tensor(ids))
+
+
+@pytest.mark.parametrize("codes", CODES)
+def test_spill_stores_rows_twice_and_counts_them_once(tmp_path, codes):
+    x, q = data(n=3000, d=32, seed=13, spread=1.0)
+    index = build(x, "ip", partitions=16, codes=codes, block_dims=4, spill=True)
+    check_bookkeeping(index)
+    # SOAR picks a second partition whose residual is closer to orthogonal to the first than
+    # the plain runner-up's would be
+    centres, where = index._centres, torch.from_numpy(index._where[:3000, :, 0])
+    r1 = torch.nn.functional.normalize(x - centres[where[:, 0]], dim=1)
+    r2 = torch.nn.functional.normalize(x - centres[where[:, 1]], dim=1)
+    distance = torch.cdist(x, centres).scatter(1, where[:, :1], float("inf"))
+    plain = torch.nn.functional.normalize(x - centres[distance.argmin(1)], dim=1)
+    soar, runner_up = (r1 * r2).sum(1).abs().mean(), (r1 * plain).sum(1).abs().mean()
+    assert soar < runner_up - 0.01, (soar, runner_up)
+    # searching every partition finds each row twice; results name it once
+    result = index.search(q, 50, probe=16)
+    assert all(len(set(row)) == 50 for row in result.ids.tolist())
+    index.remove(list(range(0, 3000, 7)))
+    check_bookkeeping(index)
+    index.save(tmp_path / "s")
+    loaded = PartitionedIndex.load(tmp_path / "s")
+    check_bookkeeping(loaded)
+    a, b = index.search(q, 10, probe=4), loaded.search(q, 10, probe=4)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
+
+
+def test_spill_needs_fewer_partitions_for_the_same_recall():
+    x, q = data(n=6000, d=32, nq=100, seed=14, spread=1.0)
+    expected = truth(x, q, 10, "ip")
+    plain, spilled = (build(x, "ip", partitions=64, spill=s) for s in (False, True))
+    assert recall(spilled.search(q, 10, probe=2).ids, expected) > recall(plain.search(q, 10, probe=2).ids, expected)
 
 
 @pytest.mark.parametrize("codes", CODES)
@@ -157,7 +211,7 @@ def test_untrained_round_trip_and_auto_training(tmp_path):
     loaded = PartitionedIndex.load(tmp_path / "u")
     assert not loaded.is_trained and len(loaded) == 300
     loaded.add(x[300:600])  # crosses train_size: trains itself on the 600 rows
-    assert loaded.is_trained and int(loaded.partition_sizes.sum()) == 600
+    assert loaded.is_trained and int(loaded.partition_sizes.sum()) == 600 * copies(loaded)
     expected = truth(x[:600], q, 5, "ip")
     assert recall(loaded.search(q, 5, probe=8).ids, expected) >= 0.99
 
@@ -168,7 +222,7 @@ def test_explicit_training_and_no_auto_training():
     index.add(x)
     assert not index.is_trained
     index.train(x[:1000])
-    assert index.is_trained and int(index.partition_sizes.sum()) == x.shape[0]
+    assert index.is_trained and int(index.partition_sizes.sum()) == x.shape[0] * copies(index)
     expected = truth(x, q, 5, "ip")
     assert recall(index.search(q, 5, probe=8).ids, expected) >= 0.99
 
@@ -197,7 +251,7 @@ def test_compressed_only_search_ranks_by_codes():
 
 
 def test_searches_override_the_index_settings():
-    x, q = data(seed=9)
+    x, q = data(seed=9, spread=1.0)
     index = PartitionedIndex(32, settings=PartitionSettings(partitions=32), search_settings=SearchSettings(probe=1))
     index.add(x)
     expected = truth(x, q, 10, "ip")
@@ -263,6 +317,25 @@ def test_corrupt_files_are_rejected(tmp_path):
     flat.save(tmp_path / "flat")
     with pytest.raises(ValueError, match="peakknn.partitioned"):
         PartitionedIndex.load(tmp_path / "flat")
+
+
+def test_inconsistent_saved_arrays_are_rejected(tmp_path):
+    from peakknn import io
+    from peakknn.quant import partitioned
+
+    x, _ = data(n=500, seed=15)
+    build(x, partitions=4).save(tmp_path / "good")
+    manifest, arrays, _ = io.read_bundle(tmp_path / "good", partitioned.FORMAT, partitioned.VERSION)
+    bad_rows = dict(arrays, entry_rows=torch.zeros_like(arrays["entry_rows"]))  # one row named 1000 times
+    bad_bias = dict(arrays, bias=torch.full_like(arrays["bias"], float("nan")))
+    bad_sizes = dict(arrays, partition_sizes=arrays["partition_sizes"] + 1)
+    for name, bad, match in (("rows", bad_rows, "entry_rows"), ("bias", bad_bias, "NaN"), ("sizes", bad_sizes, "add up")):
+        io.write_bundle(tmp_path / name, manifest, bad)
+        with pytest.raises(ValueError, match=match):
+            PartitionedIndex.load(tmp_path / name)
+    io.write_bundle(tmp_path / "old", dict(manifest, version=1), arrays)
+    with pytest.raises(ValueError, match="version"):
+        PartitionedIndex.load(tmp_path / "old")
 
 
 # ----------------------------------------------------------------- codes

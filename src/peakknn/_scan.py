@@ -36,7 +36,7 @@ MIN_GROUPS = 2
 RESCORE_FRACTION = 1500  # candidates * groups <= n / RESCORE_FRACTION where possible
 MIN_BIN_FILL = 64  # extra bins (beyond the recall target) only while bins keep >= this many rows
 MAX_QUERY_BLOCK = 4096
-RESCORE_BLOCK = 32  # queries per gather of candidate rows (small blocks stay in cache)
+RESCORE_ROWS = 8192  # CPU: candidate rows gathered at once when re-scoring (few calls, bounded memory)
 DEFAULT_MEMORY = 256 << 20  # working-memory budget of one search call, bytes
 KERNEL_MIN_BINS = 128  # the kernel keeps at least this many bins (one BLOCK_N) while n allows
 KERNEL_WAVES = 4  # the kernel's grid aims at this many programs per streaming multiprocessor
@@ -244,8 +244,8 @@ def rescore(
     """
     nq, m = slots.shape
     d = q32.shape[1]
-    most = RESCORE_BLOCK if q32.device.type == "cpu" else MAX_QUERY_BLOCK  # CPU: stay in cache
-    step = int(max(1, min(most, memory // max(1, m * d * 8))))
+    most = max(1, RESCORE_ROWS // max(1, m)) if q32.device.type == "cpu" else MAX_QUERY_BLOCK
+    step = int(max(1, min(most, MAX_QUERY_BLOCK, memory // max(1, m * d * 8))))
     ranks, out_slots = [], []
     for i in range(0, nq, step):
         s, v, q = slots[i : i + step], valid[i : i + step], q32[i : i + step]

@@ -134,8 +134,8 @@ def run_bench(
 
 
 def default_partitions(n: int) -> int:
-    """About sqrt(n) partitions (ScaNN's and FAISS's rule of thumb), a power of two >= 16."""
-    return max(16, 1 << round(np.log2(max(1.0, n**0.5))))
+    """About 2 sqrt(n) partitions (ScaNN's rule of thumb), a power of two >= 16."""
+    return max(16, 1 << round(np.log2(max(1.0, 2 * n**0.5))))
 
 
 def partitioned_rows(ds: Dataset, k: int, probes: list[int], codes: str, partitions: int | None, repeat: int, recall) -> list[Row]:
@@ -144,10 +144,11 @@ def partitioned_rows(ds: Dataset, k: int, probes: list[int], codes: str, partiti
 
     n, d = ds.train.shape
     test_t = torch.from_numpy(ds.test)
-    settings = PartitionSettings(partitions=partitions or default_partitions(n), codes=codes)
+    settings = PartitionSettings(partitions=partitions or default_partitions(n), codes=codes, train_size=None)
     t0 = time.perf_counter()
     index = PartitionedIndex(d, metric=ds.metric, settings=settings)
     index.add(torch.from_numpy(ds.train))
+    index.train()  # on every row added (at most 256 per partition are sampled)
     build = time.perf_counter() - t0
     rows = []
     for probe in probes:

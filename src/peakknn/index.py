@@ -297,7 +297,8 @@ class _IndexTable:
         return self._scan[start:stop]
 
     def exact_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.index._vectors[self._slots(rows)]
+        slots = self._slots(rows)
+        return self.index._vectors.index_select(0, slots.reshape(-1)).view(*slots.shape, self.index._vectors.shape[1])
 
     def bias(self, start: int, stop: int) -> torch.Tensor:
         idx = torch.arange(start, stop, device=self.device)

@@ -84,7 +84,7 @@ class DenseTable:
         return buf
 
     def exact_rows(self, slots: torch.Tensor) -> torch.Tensor:
-        return self.x[slots]
+        return self.x.index_select(0, slots.reshape(-1)).view(*slots.shape, self.x.shape[1])
 
     def bias(self, start: int, stop: int) -> torch.Tensor:
         return rank_bias(self.x[start:stop], self.metric)

@@ -5,14 +5,21 @@
     result = index.search(queries, k=10, probe=32)   # probe / rerank: None = the index's setting
     index.remove([3]); index.upsert(v, ids=[7]); index.save("dir"); PartitionedIndex.load("dir")
 
+Storage: each partition's code rows live in fixed-size pages (`_paged.PagedLists`), so any run
+of consecutive pages is one tensor view. With `spill` (SOAR, Sun et al. 2023) every row is also
+stored in a second partition, chosen so that its residual there is nearly orthogonal to the
+first one; a query then finds a neighbour through either partition, which needs far fewer
+probed partitions for the same recall (candidates found twice are counted once).
+
 Pipeline of one search (a block of queries at a time):
  1. partition scores: one matrix product queries x centres; each query probes its `probe` best
     partitions (<q, c>; <q, c> - |c|^2/2 for L2);
- 2. grouped scoring: the (query, partition) pairs are sorted by partition, so each probed
-    partition is scored once, as one bf16 matrix product [its queries] x [its rows] (codes are
-    decoded to bf16 rows first: `codes.Int8Codes`, `codes.ProductQuantizer`); the scores land
-    in a per-query buffer that concatenates the query's probed partitions;
- 3. candidates: the `rerank` best columns of every query (torch.topk);
+ 2. grouped scoring: the (query, page) pairs of the probed partitions are sorted by page; each
+    run of up to GROUP_PAGES consecutive pages is scored by one batched bf16 matrix product
+    [pages, their queries (padded), d] x [pages, d, page rows] (codes are decoded to bf16 rows
+    first: `codes.Int8Codes`, `codes.ProductQuantizer`), and each pair's scores are copied as a
+    row into a per-query buffer that concatenates the query's pages;
+ 3. candidates: the exact `rerank` best of every query's buffer (`topk.exact_topk_rows`);
  4. re-ranking: exact fp32 scores of the candidates from the stored vectors, then the top k.
     With keep_vectors=False (compressed-only) there is no step 4: the top k by code score is
     returned and the reported scores are those estimates.
@@ -21,8 +28,9 @@ Training: partitions are k-means centres of a sample (anisotropic k-means when
 `anisotropic_partitions`); PQ codes are trained on the residuals x - centre with the
 anisotropic loss at threshold T (eta = (d - 1) T^2 / (1 - T^2) for T relative to each row's
 norm; L2 uses eta = 1). After training, new rows are assigned to the partition with the least
-loss and encoded on insert, removals swap the partition's last row into the hole, so add /
-upsert / remove cost O(batch) and show in the next search; nothing is rebuilt.
+loss (and spilled to a second one) and encoded on insert; removals move the partition's last row
+into the hole, so add / upsert / remove cost O(batch) and show in the next search; nothing is
+rebuilt.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from .._checks import as_ids, as_matrix, check_k
 from .._idmap import IdMap
 from .._types import METRICS, SearchResult, check_metric
 from ..search import finish, normalize_rows, rank_bias
+from ..topk import exact_topk_rows
+from ._paged import PagedLists
 from .avq import assignment_loss, avq_kmeans, eta_from_threshold
 from .codes import Int8Codes, ProductQuantizer, check_block_dims
 
@@ -45,8 +55,10 @@ CODE_TYPES = ("bf16", "int8", "pq4")
 ASSIGN_BLOCK = 32768  # rows assigned to partitions at once
 MAX_TRAIN_PER_PARTITION = 256  # k-means sample: at most this many rows per partition
 PQ_TRAIN_ROWS = 16384  # PQ codebooks are trained on at most this many residuals
+SOAR_LAMBDA = 2.0  # weight of the residual-parallel term when choosing the spill partition
+GROUP_PAGES = 32  # pages scored by one batched matrix product
 FORMAT = "peakknn.partitioned"
-VERSION = 1
+VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +69,10 @@ class PartitionSettings:
     scalar codes) or "pq4" (4-bit product quantization of residuals, `block_dims` dims per
     16-centre block); threshold: anisotropic threshold T for PQ training (None = plain PQ);
     anisotropic_partitions: partition with the anisotropic loss too; keep_vectors: keep fp32
-    vectors for exact re-ranking (False = compressed-only); train_size: train automatically when
+    vectors for exact re-ranking (False = compressed-only); spill: also store every row in a
+    second partition (SOAR; None = for bf16/int8 codes with keep_vectors: it doubles the codes,
+    and two differing pq4 estimates of one row help less); train_size:
+    train automatically when
     this many rows are in (None = only `train()`; default 40 * partitions); iters: k-means
     iterations; seed: seeds training.
     """
@@ -68,6 +83,7 @@ class PartitionSettings:
     threshold: float | None = 0.2
     anisotropic_partitions: bool = False
     keep_vectors: bool = True
+    spill: bool | None = None
     train_size: int | None = -1
     iters: int = 10
     seed: int = 0
@@ -79,6 +95,10 @@ class PartitionSettings:
         _positive_int("block_dims", self.block_dims)
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1) or None, got {self.threshold!r}")
+        if self.spill is None:
+            object.__setattr__(self, "spill", bool(self.keep_vectors) and self.codes != "pq4")
+        if not isinstance(self.spill, bool):
+            raise ValueError(f"spill must be True, False or None, got {self.spill!r}")
         if self.train_size == -1:
             object.__setattr__(self, "train_size", 40 * self.partitions)
         if self.train_size is not None:
@@ -91,7 +111,8 @@ class SearchSettings:
     """How a search runs (the index's defaults; each search may override).
 
     probe: partitions searched per query; rerank: candidates re-scored exactly in fp32
-    (None = 2k for bf16/int8 codes, 10k for pq4; ignored when the index keeps no vectors).
+    (None = 1.5k for bf16 codes, 2k for int8, 10k for pq4; ignored when the index keeps no
+    vectors).
     """
 
     probe: int = 16
@@ -108,7 +129,7 @@ class PartitionedIndex:
 
     dim: vector dimension; metric: "ip" | "l2" | "cos"; settings: PartitionSettings;
     search_settings: SearchSettings (defaults of `search`); device: "cpu" (CUDA tensors work
-    through the same torch code but the loop over partitions is tuned for the CPU).
+    through the same torch code but the loop over page groups is tuned for the CPU).
     """
 
     def __init__(
@@ -135,18 +156,14 @@ class PartitionedIndex:
         # rows by slot
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
         self._slot_ids = torch.empty(0, dtype=torch.int64)  # -1 = free
-        self._where = np.empty((0, 2), dtype=np.int64)  # (partition, position); (-1, -1) = pending
+        self._where = np.empty((0, self._copies, 2), dtype=np.int64)  # per copy: (partition, position); -1 = none
         self._free = np.empty(0, dtype=np.int64)
         self._ids = IdMap()
         self._next_id = 0
         # partitions
         self._centres: torch.Tensor | None = None
         self._codec: Int8Codes | ProductQuantizer | None = None
-        self._rows: list[torch.Tensor] = []  # per partition: codes [cap_p, width]
-        self._slots: list[torch.Tensor] = []  # per partition: i64 slots [cap_p]
-        self._bias: list[torch.Tensor] = []  # per partition: f32 rank corrections [cap_p] (L2)
-        self._sizes = np.zeros(0, dtype=np.int64)
-        self._flat: tuple[torch.Tensor, torch.Tensor] | None = None  # cached (all slots, starts)
+        self._lists: PagedLists | None = None
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -155,8 +172,8 @@ class PartitionedIndex:
     def __repr__(self) -> str:
         return (
             f"PartitionedIndex(dim={self.dim}, metric={self.metric!r}, partitions={self.settings.partitions}, "
-            f"codes={self.settings.codes!r}, keep_vectors={self.settings.keep_vectors}, size={len(self)}, "
-            f"trained={self.is_trained})"
+            f"codes={self.settings.codes!r}, keep_vectors={self.settings.keep_vectors}, spill={self.settings.spill}, "
+            f"size={len(self)}, trained={self.is_trained})"
         )
 
     @property
@@ -165,18 +182,24 @@ class PartitionedIndex:
 
     @property
     def partition_sizes(self) -> np.ndarray:
-        """i64[partitions] rows per partition (empty before training)."""
-        return self._sizes.copy()
+        """i64[partitions] rows stored in each partition, spilled copies included (empty before training)."""
+        return self._lists.sizes.copy() if self._lists is not None else np.zeros(0, dtype=np.int64)
 
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the index's arrays (capacities included) and its id map."""
-        tensors = [self._vectors, self._slot_ids, *self._rows, *self._slots, *self._bias]
+        tensors = [self._vectors, self._slot_ids]
         if self._centres is not None:
             tensors.append(self._centres)
         if self._codec is not None:
             tensors.extend(self._codec.state().values())
-        return sum(t.numel() * t.element_size() for t in tensors) + self._where.nbytes + self._free.nbytes + self._ids.nbytes
+        pages = self._lists.nbytes() if self._lists is not None else 0
+        return sum(t.numel() * t.element_size() for t in tensors) + pages + self._where.nbytes + self._free.nbytes + self._ids.nbytes
+
+    @property
+    def _copies(self) -> int:
+        """Partitions each row is stored in: 2 with spill (and more than one partition), else 1."""
+        return 2 if self.settings.spill and self.settings.partitions > 1 else 1
 
     # ----------------------------------------------------------------- training
     def train(self, sample=None) -> None:
@@ -207,11 +230,8 @@ class PartitionedIndex:
             units = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
             pick = torch.randperm(x.shape[0], generator=g)[:PQ_TRAIN_ROWS].to(x.device)
             codec = ProductQuantizer.train(residuals[pick], s.block_dims, eta=eta, directions=units[pick], seed=s.seed)
-        self._centres, self._codec = centres.contiguous(), codec
-        self._rows = [self._empty_rows(0) for _ in range(s.partitions)]
-        self._slots = [torch.empty(0, dtype=torch.int64) for _ in range(s.partitions)]
-        self._bias = [torch.empty(0, dtype=torch.float32) for _ in range(s.partitions)]
-        self._sizes = np.zeros(s.partitions, dtype=np.int64)
+        self._centres, self._codec = _by_popularity(centres, x, self.metric, self.search_settings.probe), codec
+        self._lists = self._new_lists()
         self._where[:] = -1
         slots = self._live_slots()
         self._place(slots, self._vectors[slots])
@@ -286,76 +306,76 @@ class PartitionedIndex:
         q = self._prepare(queries, "queries")
         probe = min(probe, self.settings.partitions)
         depth = self._rerank_depth(k, rerank)
-        widest = int(np.sort(self._sizes)[-probe:].sum())
-        block = int(max(1, min(4096, max_memory // max(1, 6 * widest + 4 * self.settings.partitions))))
         centre_bias = rank_bias(self._centres, self.metric) if self.metric == "l2" else None
+        page_counts = self._lists.table()[2].to(q.device)
+        # inner-product partition choice tolerates bf16 scores; L2 ranks and pq4 offsets keep fp32
+        centres16 = self._centres.to(torch.bfloat16) if self.metric != "l2" and self.settings.codes != "pq4" else None
+        outer = int(max(1, min(4096, max_memory // (8 * self.settings.partitions))))
         ranks, slots = [], []
-        for i in range(0, q.shape[0], block):
-            r, s = self._search_block(q[i : i + block], k, probe, depth, centre_bias)
-            ranks.append(r)
-            slots.append(s)
+        for i in range(0, q.shape[0], outer):
+            qo = q[i : i + outer]
+            dot_c = qo @ self._centres.T if centres16 is None else (qo.to(torch.bfloat16) @ centres16.T).float()  # [nq, P]
+            pids = torch.topk(dot_c if centre_bias is None else dot_c + centre_bias, probe, dim=1).indices
+            # the score buffer holds (most pages of one query) x page rows per query: split the
+            # block where that would exceed max_memory (12 bytes per buffer entry and its indices)
+            widest = int(page_counts[pids].sum(1).max()) * self._lists.page_rows
+            inner = int(max(1, max_memory // (12 * max(1, widest))))
+            for j in range(0, qo.shape[0], inner):
+                r, s = self._search_block(qo[j : j + inner], dot_c[j : j + inner], pids[j : j + inner], k, depth)
+                ranks.append(r)
+                slots.append(s)
         rank, slot = torch.cat(ranks), torch.cat(slots)
         ids = self._slot_ids[slot.cpu()].to(slot.device)
         result = finish(rank, ids, self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
 
-    def _search_block(self, q: torch.Tensor, k: int, probe: int, depth: int | None, centre_bias: torch.Tensor | None):
-        nq = q.shape[0]
-        dot_c = q @ self._centres.T  # [nq, P]
-        score_c = dot_c if centre_bias is None else dot_c + centre_bias
-        _, pids = torch.topk(score_c, probe, dim=1)  # [nq, probe]
-        sizes = torch.from_numpy(self._sizes).to(q.device)
-        widths = sizes[pids]
-        ends = widths.cumsum(1)
-        starts = ends - widths
-        total = int(ends[:, -1].max())
+    def _search_block(self, q: torch.Tensor, dot_c: torch.Tensor, pids: torch.Tensor, k: int, depth: int | None):
+        """Top-k (rank scores, slots) of queries q [nq, d] that probe partitions pids i64[nq, probe]
+        (dot_c: their <q, centre> [nq, P])."""
+        dev, nq, lists = q.device, q.shape[0], self._lists
+        rows_per_page = lists.page_rows
+        pairs = _PagePairs(lists, pids)
         # bf16 scores suffice to pick candidates that are re-ranked exactly; estimates that are
         # returned as results (no re-ranking) and residual offsets keep fp32.
         residual = self.settings.codes == "pq4"
         exact_later = depth is not None and not residual and self.metric != "l2"
-        buf_dtype = torch.bfloat16 if exact_later else torch.float32
-        buf = torch.full((nq, max(total, 1)), float("-inf"), dtype=buf_dtype, device=q.device)
-        base = (torch.arange(nq, device=q.device).unsqueeze(1) * buf.shape[1] + starts).view(-1)
-        flat_p = pids.reshape(-1)
-        order = torch.argsort(flat_p, stable=True)
-        counts = torch.bincount(flat_p, minlength=self.settings.partitions).tolist()
-        pair_query = order // probe
-        pair_base = base[order]  # buffer offset of each pair, in partition order
+        buf = torch.full((nq * pairs.width, rows_per_page), float("-inf"), dtype=torch.bfloat16 if exact_later else torch.float32, device=dev)
         q_scan = self._codec.scan_queries(q) if self._codec is not None else q.to(torch.bfloat16)
-        columns = torch.arange(int(self._sizes.max()) if self._sizes.size else 0, device=q.device)
-        flat_buf = buf.view(-1)
-        start = 0
-        for p, c in enumerate(counts):
-            if c == 0:
-                continue
-            lo, hi = start, start + c
-            start = hi
-            size = int(self._sizes[p])
-            if size == 0:
-                continue
-            queries = pair_query[lo:hi]
-            s = torch.mm(q_scan.index_select(0, queries), self._scan_rows(p).T)  # [c, size]
-            if not exact_later:
-                s = s.float()
-                if self.metric == "l2":
-                    s += self._bias[p][:size]
-                if residual:  # scores of residual codes: add <q, centre>
-                    s += dot_c[queries, p].unsqueeze(1)
-            flat_buf[pair_base[lo:hi].unsqueeze(1) + columns[:size]] = s
-        keep = min(depth if depth is not None else k, buf.shape[1])
-        best, pos = torch.topk(buf, keep, dim=1)
-        pair = torch.searchsorted(ends, pos, right=True).clamp_max(probe - 1)
-        within = pos - starts.gather(1, pair)
-        all_slots, part_start = self._flat_slots()
-        slot = all_slots[(part_start[pids.gather(1, pair)] + within).clamp(0, max(all_slots.numel() - 1, 0))]
-        valid = best > float("-inf")
+        offset = dot_c[pairs.query, pairs.partition] if residual else None  # <q, centre> per pair
+        for g0, g1, lo, hi, most in pairs.groups(GROUP_PAGES):
+            local, rank = pairs.page[lo:hi] - g0, pairs.rank[lo:hi]
+            padded = torch.zeros((g1 - g0) * most, dtype=torch.int64, device=dev)  # queries of each page, padded
+            padded[local * most + rank] = pairs.query[lo:hi]
+            codes = lists.codes[g0:g1]
+            rows = codes if self._codec is None else self._codec.scan_rows(codes.flatten(0, 1)).view(g1 - g0, rows_per_page, -1)
+            # rows x queries (not the transpose): the pages stream through as the first operand
+            queries = q_scan.index_select(0, padded).view(g1 - g0, most, -1).transpose(1, 2)
+            if exact_later:  # the bias (0, or -inf for empty rows) rides along in the product
+                s = torch.baddbmm(lists.bias[g0:g1].to(torch.bfloat16).unsqueeze(2).expand(-1, -1, most), rows, queries)
+            else:
+                s = torch.bmm(rows, queries).float() + lists.bias[g0:g1].unsqueeze(2)
+            s = s.transpose(1, 2)[local, rank]  # [pairs, page rows]
+            if residual:
+                s += offset[lo:hi].unsqueeze(1)
+            buf.index_copy_(0, pairs.dest[lo:hi], s)
+        want = depth if depth is not None else k  # distinct candidates wanted
+        best, pos = exact_topk_rows(buf.view(nq, -1), min(want * self._copies, buf.numel() // nq))
+        page = pairs.page_table().gather(1, pos // rows_per_page)
+        slot = lists.slots[page.cpu(), (pos % rows_per_page).cpu()].to(dev)
+        valid = (best > float("-inf")) & (slot >= 0)
+        if self._copies > 1:  # rows found through both of their partitions count once
+            valid &= ~_repeats(slot.masked_fill(~valid, -1))
+            best, pick = torch.topk(best.masked_fill(~valid, float("-inf")), min(want, best.shape[1]), dim=1)
+            slot, valid = slot.gather(1, pick), valid.gather(1, pick)
+        slot = slot.clamp_min(0)
         if depth is not None:
             return _scan.rescore(_Vectors(self), q, slot, valid, k, self.metric, _scan.DEFAULT_MEMORY)
+        best = best.masked_fill(~valid, float("-inf"))
         if self.metric == "l2":  # scan rank <q, x> - |x|^2/2 -> -|q - x|^2
             best = 2 * best - (q * q).sum(1, keepdim=True)
-        if keep < k:
-            best = torch.cat([best, best.new_full((nq, k - keep), float("-inf"))], dim=1)
-            slot = torch.cat([slot, slot.new_zeros((nq, k - keep))], dim=1)
+        if best.shape[1] < k:
+            best = torch.cat([best, best.new_full((nq, k - best.shape[1]), float("-inf"))], dim=1)
+            slot = torch.cat([slot, slot.new_zeros((nq, k - slot.shape[1]))], dim=1)
         return best, slot.masked_fill(best == float("-inf"), 0)
 
     # ----------------------------------------------------------------- persistence
@@ -364,17 +384,18 @@ class PartitionedIndex:
         from .. import io
 
         arrays = {}
-        if self.is_trained:
-            order = [self._slots[p][: self._sizes[p]] for p in range(len(self._sizes))]
-            slots = torch.cat(order) if order else torch.empty(0, dtype=torch.int64)
-            arrays["codes"] = torch.cat([self._rows[p][: self._sizes[p]] for p in range(len(self._sizes))])
-            arrays["partition_sizes"] = torch.from_numpy(self._sizes.copy())
-            arrays["bias"] = torch.cat([self._bias[p][: self._sizes[p]] for p in range(len(self._sizes))])
+        slots = torch.from_numpy(self._live_slots())
+        if self.is_trained:  # every partition's rows in position order, each naming its row in `ids`
+            row_of = torch.full((self._slot_ids.shape[0],), -1, dtype=torch.int64)
+            row_of[slots] = torch.arange(slots.numel())
+            parts = [self._lists.rows(p) for p in range(self.settings.partitions)]
+            arrays["codes"] = torch.cat([codes for codes, _, _ in parts])
+            arrays["entry_rows"] = row_of[torch.cat([entry_slots for _, entry_slots, _ in parts])]
+            arrays["bias"] = torch.cat([bias for _, _, bias in parts])
+            arrays["partition_sizes"] = torch.from_numpy(self._lists.sizes.copy())
             arrays["centres"] = self._centres
             if self._codec is not None:
                 arrays.update(self._codec.state())
-        else:
-            slots = torch.from_numpy(self._live_slots())
         arrays["ids"] = self._slot_ids[slots]
         if self._vectors.shape[0]:
             arrays["vectors"] = self._vectors[slots.to(self.device)]
@@ -448,20 +469,18 @@ class PartitionedIndex:
         if not self.settings.keep_vectors:
             return None
         if rerank is None:
-            rerank = 10 * k if self.settings.codes == "pq4" else 2 * k
+            rerank = {"bf16": (3 * k + 1) // 2, "int8": 2 * k, "pq4": 10 * k}[self.settings.codes]
         return max(k, rerank)
 
-    def _empty_rows(self, capacity: int) -> torch.Tensor:
+    def _new_lists(self) -> PagedLists:
         codes = self.settings.codes
         if codes == "bf16":
-            return torch.zeros(capacity, self.dim, dtype=torch.bfloat16, device=self.device)
-        if codes == "int8":
-            return torch.zeros(capacity, self.dim, dtype=torch.int8, device=self.device)
-        return torch.zeros(capacity, (self.dim // self.settings.block_dims + 1) // 2, dtype=torch.uint8, device=self.device)
-
-    def _scan_rows(self, p: int) -> torch.Tensor:
-        rows = self._rows[p][: self._sizes[p]]
-        return rows if self._codec is None else self._codec.scan_rows(rows)
+            width, dtype = self.dim, torch.bfloat16
+        elif codes == "int8":
+            width, dtype = self.dim, torch.int8
+        else:
+            width, dtype = (self.dim // self.settings.block_dims + 1) // 2, torch.uint8
+        return PagedLists(self.settings.partitions, width, dtype, self.device)
 
     def _encode(self, x: torch.Tensor, partition: torch.Tensor) -> torch.Tensor:
         if self._codec is None:
@@ -472,9 +491,24 @@ class PartitionedIndex:
         return self._codec.encode(x - self._centres[partition], units, self._code_eta())
 
     def _assign(self, x: torch.Tensor) -> torch.Tensor:
-        eta = self._partition_eta()
-        parts = [assignment_loss(x[i : i + ASSIGN_BLOCK], self._centres, eta).argmin(1) for i in range(0, x.shape[0], ASSIGN_BLOCK)]
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=x.device)
+        """i64[m, copies] partitions of rows x: the least partitioning loss, then (with spill) the
+        SOAR choice: least |x - c|^2 + SOAR_LAMBDA * <x - c, r>^2 over the other partitions,
+        r the unit residual in the first, so the two residuals are nearly orthogonal."""
+        eta, c = self._partition_eta(), self._centres
+        parts = []
+        for i in range(0, x.shape[0], ASSIGN_BLOCK):
+            xb = x[i : i + ASSIGN_BLOCK]
+            first = assignment_loss(xb, c, eta).argmin(1)
+            if self._copies == 1:
+                parts.append(first.unsqueeze(1))
+                continue
+            r = xb - c[first]
+            r = r / torch.linalg.vector_norm(r, dim=1, keepdim=True).clamp_min(1e-30)
+            dot = xb @ c.T
+            loss = (xb * xb).sum(1, keepdim=True) - 2 * dot + (c * c).sum(1) + SOAR_LAMBDA * ((xb * r).sum(1, keepdim=True) - r @ c.T) ** 2
+            loss.scatter_(1, first.unsqueeze(1), float("inf"))
+            parts.append(torch.stack([first, loss.argmin(1)], dim=1))
+        return torch.cat(parts) if parts else torch.empty(0, self._copies, dtype=torch.int64, device=x.device)
 
     def _live_slots(self) -> np.ndarray:
         return np.flatnonzero(self._slot_ids.numpy() >= 0)
@@ -486,7 +520,7 @@ class PartitionedIndex:
             if self.settings.keep_vectors or not self.is_trained:
                 self._vectors = torch.cat([self._vectors, self._vectors.new_zeros(new - old, self.dim)])
             self._slot_ids = torch.cat([self._slot_ids, torch.full((new - old,), -1, dtype=torch.int64)])
-            self._where = np.concatenate([self._where, np.full((new - old, 2), -1, dtype=np.int64)])
+            self._where = np.concatenate([self._where, np.full((new - old, self._copies, 2), -1, dtype=np.int64)])
             self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), self._free])
         taken = self._free[::-1][:m].copy()
         self._free = self._free[: self._free.size - m]
@@ -507,48 +541,37 @@ class PartitionedIndex:
             self.train()
 
     def _place(self, slots: np.ndarray, x: torch.Tensor) -> None:
-        """Assign rows to partitions, encode them and append them to their partitions."""
+        """Assign rows to partitions (with spill: two), encode them and append them there."""
         if slots.size == 0:
             return
-        part = self._assign(x)
-        codes = self._encode(x, part)
-        bias = rank_bias(x, self.metric)
-        order = torch.argsort(part.cpu(), stable=True)
-        counts = torch.bincount(part.cpu(), minlength=self.settings.partitions).tolist()
-        start = 0
-        for p, c in enumerate(counts):
-            if c == 0:
-                continue
-            rows = order[start : start + c]
-            start += c
-            size = int(self._sizes[p])
-            if size + c > self._rows[p].shape[0]:
-                cap = max(size + c, size + size // 2, 16)
-                self._rows[p] = _grow(self._rows[p], cap)
-                self._slots[p] = _grow(self._slots[p], cap)
-                self._bias[p] = _grow(self._bias[p], cap)
-            placed = slots[rows.numpy()]
-            self._rows[p][size : size + c] = codes[rows.to(codes.device)]
-            self._slots[p][size : size + c] = torch.from_numpy(placed)
-            self._bias[p][size : size + c] = bias[rows.to(bias.device)].cpu()
-            self._where[placed, 0] = p
-            self._where[placed, 1] = np.arange(size, size + c)
-            self._sizes[p] = size + c
-        self._flat = None
+        parts = self._assign(x)  # [m, copies]
+        # every copy of every row as one entry; a partition's entries are appended together, in
+        # partition order, so each partition's pages stay consecutive
+        part = parts.T.reshape(-1).cpu()
+        codes = torch.cat([self._encode(x, parts[:, c]) for c in range(self._copies)])
+        bias = rank_bias(x, self.metric).repeat(self._copies)
+        entry_slots, entry_copy = np.tile(slots, self._copies), np.repeat(np.arange(self._copies), slots.size)
+        order = torch.argsort(part, stable=True)
+        counts = torch.bincount(part, minlength=self.settings.partitions).numpy()
+        self._lists.reserve(self._lists.pages_needed(counts), exact=self._lists.page_count == 0)
+        ends = np.cumsum(counts)
+        for p in np.flatnonzero(counts).tolist():
+            entries = order[ends[p] - counts[p] : ends[p]]
+            e, at = entries.numpy(), entries.to(self.device)
+            pos = self._lists.append(p, codes[at], torch.from_numpy(entry_slots[e]), bias[at])
+            self._where[entry_slots[e], entry_copy[e], 0] = p
+            self._where[entry_slots[e], entry_copy[e], 1] = pos
 
     def _delete(self, ids: np.ndarray) -> None:
         slots = self._ids.lookup(ids)
         for slot in slots.tolist():
-            p, pos = (int(v) for v in self._where[slot])
-            if p >= 0:  # swap the partition's last row into the hole
-                last = int(self._sizes[p]) - 1
-                if pos != last:
-                    moved = int(self._slots[p][last])
-                    self._rows[p][pos] = self._rows[p][last]
-                    self._slots[p][pos] = moved
-                    self._bias[p][pos] = self._bias[p][last]
-                    self._where[moved, 1] = pos
-                self._sizes[p] = last
+            for p, pos in self._where[slot].tolist():
+                if p < 0:
+                    continue
+                moved = self._lists.remove(p, pos)
+                if moved is not None:  # the partition's last row now sits at pos
+                    copy = int(np.flatnonzero(self._where[moved, :, 0] == p)[0])
+                    self._where[moved, copy, 1] = pos
             self._where[slot] = -1
         t = torch.from_numpy(slots)
         self._slot_ids[t] = -1
@@ -556,34 +579,30 @@ class PartitionedIndex:
             self._vectors[t.to(self.device)] = 0.0
         self._ids.set(ids, np.full(ids.size, -1, dtype=np.int64))
         self._free = np.concatenate([self._free, slots[::-1]])
-        self._flat = None
-
-    def _flat_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(all partitions' slots concatenated i64[len], each partition's start i64[P])."""
-        if self._flat is None:
-            parts = [self._slots[p][: self._sizes[p]] for p in range(len(self._sizes))]
-            starts = np.concatenate([[0], np.cumsum(self._sizes)[:-1]]).astype(np.int64)
-            self._flat = (torch.cat(parts).to(self.device), torch.from_numpy(starts).to(self.device))
-        return self._flat
 
     def _restore(self, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None, where) -> None:
-        """Rebuild a trained index's partitions from saved arrays (rows in partition order)."""
-        s, count = self.settings, ids.size
+        """Rebuild a trained index's partitions from saved arrays (entries in partition order)."""
+        s, count, copies = self.settings, ids.size, self._copies
         centres = _array(arrays, "centres", torch.float32, (s.partitions, self.dim), where)
         sizes = _array(arrays, "partition_sizes", torch.int64, (s.partitions,), where).numpy()
-        if (sizes < 0).any() or int(sizes.sum()) != count:
-            raise ValueError(f"{where}: partition sizes do not add up to {count} rows")
-        width = self._empty_rows(0).shape[1]
-        codes = _array(arrays, "codes", self._empty_rows(0).dtype, (count, width), where)
+        entries = count * copies
+        if (sizes < 0).any() or int(sizes.sum()) != entries:
+            raise ValueError(f"{where}: partition sizes do not add up to {entries} entries ({count} rows x {copies})")
+        lists = self._new_lists()
+        codes = _array(arrays, "codes", lists.codes.dtype, (entries, lists.codes.shape[2]), where)
+        rows = _array(arrays, "entry_rows", torch.int64, (entries,), where)
+        if entries and (rows.min() < 0 or rows.max() >= count or (torch.bincount(rows, minlength=count) != copies).any()):
+            raise ValueError(f"{where}: entry_rows must name every row exactly {copies} time(s)")
+        bias = _array(arrays, "bias", torch.float32, (entries,), where)
         if s.codes == "int8":
             self._codec = Int8Codes(_array(arrays, "int8_scale", torch.float32, (self.dim,), where))
         elif s.codes == "pq4":
             blocks = self.dim // s.block_dims
             self._codec = ProductQuantizer(_array(arrays, "pq_centres", torch.float32, (blocks, 16, s.block_dims), where))
-        tensors = [centres] + list(self._codec.state().values() if self._codec else [])
+        tensors = [centres, bias] + list(self._codec.state().values() if self._codec else [])
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
-            raise ValueError(f"{where}: centres contain NaN or inf")
-        self._centres = centres.to(self.device)
+            raise ValueError(f"{where}: centres or biases contain NaN or inf")
+        self._centres, self._lists = centres.to(self.device), lists
         slots = self._take_slots(count)
         self._slot_ids[torch.from_numpy(slots)] = torch.from_numpy(ids)
         self._ids.set(ids, slots)
@@ -592,18 +611,17 @@ class PartitionedIndex:
             self._vectors[torch.from_numpy(slots).to(self.device)] = vectors.to(self.device)
         else:
             self._vectors = self._vectors[:0]
-        bias = _array(arrays, "bias", torch.float32, (count,), where)
+        entry_slots = slots[rows.numpy()]
+        copy = np.empty(entries, dtype=np.int64)
+        copy[np.argsort(rows.numpy(), kind="stable")] = np.arange(entries) % copies
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._sizes = sizes.copy()
-        self._rows, self._slots, self._bias = [], [], []
+        lists.reserve(lists.pages_needed(sizes), exact=True)
         for p in range(s.partitions):
             lo, hi = int(starts[p]), int(starts[p + 1])
-            self._rows.append(codes[lo:hi].clone().to(self.device))
-            self._slots.append(torch.from_numpy(slots[lo:hi].copy()))
-            self._bias.append(bias[lo:hi].clone())
-            self._where[slots[lo:hi], 0] = p
-            self._where[slots[lo:hi], 1] = np.arange(hi - lo)
-        self._flat = None
+            if hi > lo:
+                pos = lists.append(p, codes[lo:hi].to(self.device), torch.from_numpy(entry_slots[lo:hi]), bias[lo:hi])
+                self._where[entry_slots[lo:hi], copy[lo:hi], 0] = p
+                self._where[entry_slots[lo:hi], copy[lo:hi], 1] = pos
 
 
 class _Vectors:
@@ -613,21 +631,87 @@ class _Vectors:
         self.index = index
 
     def exact_rows(self, slots: torch.Tensor) -> torch.Tensor:
-        return self.index._vectors[slots]
+        return self.index._vectors.index_select(0, slots.reshape(-1)).view(*slots.shape, self.index.dim)
 
     def alive(self, slots: torch.Tensor) -> torch.Tensor:
         return self.index._slot_ids[slots.cpu()].to(slots.device) >= 0
 
 
+class _PagePairs:
+    """The (query, page) pairs of one query block's probed partitions, sorted by page.
+
+    page, query, partition, dest, rank: i64[pairs] in page order, where dest = query * width +
+    the pair's column among its query's pages (a row of the score buffer [nq * width, page rows])
+    and rank = the pair's position among its page's pairs; width: most pages of one query.
+    """
+
+    def __init__(self, lists: PagedLists, pids: torch.Tensor):
+        dev = pids.device
+        flat_pages, first, count = (t.to(dev) for t in lists.table())
+        nq = pids.shape[0]
+        per_pair = count[pids].view(-1)  # pages of each (query, partition)
+        per_query = per_pair.view(nq, -1).sum(1)
+        total = int(per_query.sum())
+        self.width = max(1, int(per_query.max())) if nq else 1
+        ramp = torch.arange(total, device=dev)
+        within = ramp - (per_pair.cumsum(0) - per_pair).repeat_interleave(per_pair, output_size=total)
+        page = flat_pages[first[pids].view(-1).repeat_interleave(per_pair, output_size=total) + within]
+        query = torch.arange(nq, device=dev).repeat_interleave(per_query, output_size=total)
+        column = ramp - (per_query.cumsum(0) - per_query).repeat_interleave(per_query, output_size=total)
+        order = torch.argsort(page, stable=True)
+        self.page, self.query = page[order], query[order]
+        self.partition = pids.view(-1).repeat_interleave(per_pair, output_size=total)[order]
+        self.dest = (query * self.width + column)[order]
+        counts = torch.bincount(self.page, minlength=lists.page_count)
+        self.rank = ramp - (counts.cumsum(0) - counts)[self.page]
+        self._counts = counts.cpu().numpy()
+        self._nq = nq
+
+    def groups(self, most_pages: int):
+        """Yield (g0, g1, lo, hi, most): runs of at most `most_pages` consecutive probed pages
+        [g0, g1), their pairs [lo, hi) and the most pairs of one page in the run."""
+        counts = self._counts
+        active = np.flatnonzero(counts)
+        if active.size == 0:
+            return
+        ends = np.cumsum(counts)
+        breaks = np.flatnonzero(np.diff(active) != 1) + 1
+        for run in np.split(active, breaks):
+            for i in range(0, run.size, most_pages):
+                g0, g1 = int(run[i]), int(run[min(i + most_pages, run.size) - 1]) + 1
+                yield g0, g1, int(ends[g0] - counts[g0]), int(ends[g1 - 1]), int(counts[g0:g1].max())
+
+    def page_table(self) -> torch.Tensor:
+        """i64[nq, width]: the page behind each column of the score buffer (0 where unused: -inf there)."""
+        table = torch.zeros(self._nq * self.width, dtype=torch.int64, device=self.page.device)
+        table[self.dest] = self.page
+        return table.view(self._nq, self.width)
+
+
+def _by_popularity(centres: torch.Tensor, sample: torch.Tensor, metric: str, probe: int) -> torch.Tensor:
+    """centres reordered from the most to the least often probed by the sample's rows (as
+    queries, `probe` partitions each). Partition ids then follow popularity, and so does the page
+    layout: consecutive pages get similar numbers of queries, and the batched products that
+    score runs of pages (padded to their busiest page) waste little."""
+    score = sample @ centres.T
+    if metric == "l2":
+        score += rank_bias(centres, metric)
+    probed = torch.topk(score, min(probe, centres.shape[0]), dim=1).indices
+    hits = torch.bincount(probed.reshape(-1).cpu(), minlength=centres.shape[0])
+    return centres[torch.argsort(hits, descending=True, stable=True).to(centres.device)].contiguous()
+
+
+def _repeats(slot: torch.Tensor) -> torch.Tensor:
+    """bool [rows, m]: entries whose (non-negative) slot already appears earlier in the row."""
+    ordered, perm = torch.sort(slot, dim=1, stable=True)
+    again = torch.zeros_like(slot, dtype=torch.bool)
+    again[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    return torch.zeros_like(again).scatter_(1, perm, again)
+
+
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _grow(t: torch.Tensor, capacity: int) -> torch.Tensor:
-    out = torch.zeros((capacity, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    out[: t.shape[0]] = t
-    return out
 
 
 def _array(arrays: dict, name: str, dtype: torch.dtype, shape: tuple, where) -> torch.Tensor:
