@@ -57,6 +57,7 @@ MAX_TRAIN_PER_PARTITION = 256  # k-means sample: at most this many rows per part
 PQ_TRAIN_ROWS = 16384  # PQ codebooks are trained on at most this many residuals
 SOAR_LAMBDA = 2.0  # weight of the residual-parallel term when choosing the spill partition
 GROUP_PAGES = 32  # pages scored by one batched matrix product
+PQ_PAGE_ROWS = 32  # rows per page of pq4 codes (bf16/int8 use _paged.PAGE_ROWS)
 FORMAT = "peakknn.partitioned"
 VERSION = 2
 
@@ -156,7 +157,7 @@ class PartitionedIndex:
         # rows by slot
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
         self._slot_ids = torch.empty(0, dtype=torch.int64)  # -1 = free
-        self._where = np.empty((0, self._copies, 2), dtype=np.int64)  # per copy: (partition, position); -1 = none
+        self._where = np.empty((0, self._copies, 2), dtype=np.int32)  # per copy: (partition, position); -1 = none
         self._free = np.empty(0, dtype=np.int64)
         self._ids = IdMap()
         self._next_id = 0
@@ -478,8 +479,9 @@ class PartitionedIndex:
             width, dtype = self.dim, torch.bfloat16
         elif codes == "int8":
             width, dtype = self.dim, torch.int8
-        else:
+        else:  # decoded per page before scoring anyway: small pages keep the padding small
             width, dtype = (self.dim // self.settings.block_dims + 1) // 2, torch.uint8
+            return PagedLists(self.settings.partitions, width, dtype, self.device, page_rows=PQ_PAGE_ROWS)
         return PagedLists(self.settings.partitions, width, dtype, self.device)
 
     def _encode(self, x: torch.Tensor, partition: torch.Tensor) -> torch.Tensor:
@@ -520,7 +522,7 @@ class PartitionedIndex:
             if self.settings.keep_vectors or not self.is_trained:
                 self._vectors = torch.cat([self._vectors, self._vectors.new_zeros(new - old, self.dim)])
             self._slot_ids = torch.cat([self._slot_ids, torch.full((new - old,), -1, dtype=torch.int64)])
-            self._where = np.concatenate([self._where, np.full((new - old, self._copies, 2), -1, dtype=np.int64)])
+            self._where = np.concatenate([self._where, np.full((new - old, self._copies, 2), -1, dtype=np.int32)])
             self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), self._free])
         taken = self._free[::-1][:m].copy()
         self._free = self._free[: self._free.size - m]
