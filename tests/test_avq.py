@@ -71,3 +71,27 @@ def test_anisotropic_partitioning_beats_kmeans_on_top_scoring_pairs():
         top = torch.topk(scores, 10, dim=1).indices
         errors[name] = float((scores.gather(1, top) - approx.gather(1, top)).abs().mean())
     assert errors["anisotropic"] < 0.8 * errors["plain"], errors
+
+
+def test_plain_avq_kmeans_is_lloyds_algorithm():
+    """eta = 1 takes the vectorised mean update: it must match a plain Lloyd loop step for step,
+    re-seeding of emptied clusters included (duplicated rows leave clusters empty)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.cat([torch.randn(300, 6, generator=g), torch.zeros(40, 6)])
+    for iters in (1, 3, 6):
+        centres, assign = avq_kmeans(x, 12, eta=1.0, iters=iters, seed=5)
+        ref = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(5))[:12]].clone()
+        for _ in range(iters):
+            loss = torch.cdist(x, ref) ** 2
+            best, nearest = loss.min(1)
+            for j in range(12):
+                members = x[nearest == j]
+                if len(members):
+                    ref[j] = members.mean(0)
+            for j in range(12):
+                if not (nearest == j).any():
+                    worst = int(best.argmax())
+                    ref[j] = x[worst]
+                    best[worst] = 0.0
+        torch.testing.assert_close(centres, ref, atol=1e-4, rtol=1e-4)
+        assert torch.equal(assign, (torch.cdist(x, centres) ** 2).argmin(1))

@@ -76,24 +76,41 @@ def avq_kmeans(
         raise ValueError(f"eta must be >= 1 (1 = plain k-means), got {eta}")
     g = torch.Generator().manual_seed(seed)
     centres = x[torch.randperm(n, generator=g)[:clusters].to(x.device)].clone()
-    assign = torch.zeros(n, dtype=torch.int64, device=x.device)
     for _ in range(iters):
-        loss = _blocked_assignment(x, centres, eta)
-        best, assign = loss.min(dim=1)
-        order = torch.argsort(assign)
-        counts = torch.bincount(assign, minlength=clusters).tolist()
-        start = 0
-        for j, count in enumerate(counts):
-            if count == 0:
-                worst = int(best.argmax())
-                centres[j] = x[worst]
-                best[worst] = 0.0
-            else:
-                centres[j] = anisotropic_centre(x[order[start : start + count]], eta)
-            start += count
-    assign = _blocked_assignment(x, centres, eta).argmin(dim=1)
-    return centres, assign
+        best, assign = _nearest(x, centres, eta)
+        counts = torch.bincount(assign, minlength=clusters)
+        if eta == 1.0:  # plain k-means: the closed form is the mean
+            sums = torch.zeros_like(centres).index_add_(0, assign, x)
+            filled = counts > 0
+            centres[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
+        else:
+            order = torch.argsort(assign)
+            start = 0
+            for j, count in enumerate(counts.tolist()):
+                if count:
+                    centres[j] = anisotropic_centre(x[order[start : start + count]], eta)
+                start += count
+        for j in torch.nonzero(counts == 0).flatten().tolist():  # re-seed: the row of largest loss
+            worst = int(best.argmax())
+            centres[j] = x[worst]
+            best[worst] = 0.0
+    return centres, _nearest(x, centres, eta)[1]
 
 
-def _blocked_assignment(x: torch.Tensor, centres: torch.Tensor, eta: float, block: int = 65536) -> torch.Tensor:
-    return torch.cat([assignment_loss(x[i : i + block], centres, eta) for i in range(0, x.shape[0], block)])
+def _nearest(x: torch.Tensor, centres: torch.Tensor, eta: float, block: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """(least loss f32[n], its centre i64[n]) per row, a block of rows at a time (bounded memory).
+    eta = 1 ranks by |c|^2 - 2 <x, c> (one fused product) and adds |x|^2 to the minimum."""
+    c2 = (centres * centres).sum(1)
+    values, indices = [], []
+    for i in range(0, x.shape[0], block):
+        xb = x[i : i + block]
+        if eta == 1.0:
+            best, at = torch.addmm(c2, xb, centres.T, alpha=-2.0).min(dim=1)
+            best = (best + (xb * xb).sum(1)).clamp_min(0)
+        else:
+            best, at = assignment_loss(xb, centres, eta).min(dim=1)
+        values.append(best)
+        indices.append(at)
+    if not values:
+        return x.new_empty(0), torch.empty(0, dtype=torch.int64, device=x.device)
+    return torch.cat(values), torch.cat(indices)

@@ -52,8 +52,8 @@ from .avq import assignment_loss, avq_kmeans, eta_from_threshold
 from .codes import Int8Codes, ProductQuantizer, check_block_dims
 
 CODE_TYPES = ("bf16", "int8", "pq4")
-ASSIGN_BLOCK = 32768  # rows assigned to partitions at once
-MAX_TRAIN_PER_PARTITION = 256  # k-means sample: at most this many rows per partition
+ASSIGN_BLOCK = 8192  # rows assigned to partitions at once (bounds the [rows, partitions] temporaries)
+MAX_TRAIN_PER_PARTITION = 128  # k-means sample: at most this many rows per partition
 PQ_TRAIN_ROWS = 16384  # PQ codebooks are trained on at most this many residuals
 SOAR_LAMBDA = 2.0  # weight of the residual-parallel term when choosing the spill partition
 GROUP_PAGES = 32  # pages scored by one batched matrix product
@@ -497,17 +497,22 @@ class PartitionedIndex:
         SOAR choice: least |x - c|^2 + SOAR_LAMBDA * <x - c, r>^2 over the other partitions,
         r the unit residual in the first, so the two residuals are nearly orthogonal."""
         eta, c = self._partition_eta(), self._centres
+        c2 = (c * c).sum(1)
         parts = []
         for i in range(0, x.shape[0], ASSIGN_BLOCK):
             xb = x[i : i + ASSIGN_BLOCK]
-            first = assignment_loss(xb, c, eta).argmin(1)
+            dot = xb @ c.T
+            if eta == 1.0:  # |x - c|^2 up to the row's constant |x|^2
+                first = (c2 - 2 * dot).argmin(1)
+            else:
+                first = assignment_loss(xb, c, eta).argmin(1)
             if self._copies == 1:
                 parts.append(first.unsqueeze(1))
                 continue
             r = xb - c[first]
             r = r / torch.linalg.vector_norm(r, dim=1, keepdim=True).clamp_min(1e-30)
-            dot = xb @ c.T
-            loss = (xb * xb).sum(1, keepdim=True) - 2 * dot + (c * c).sum(1) + SOAR_LAMBDA * ((xb * r).sum(1, keepdim=True) - r @ c.T) ** 2
+            proj = (xb * r).sum(1, keepdim=True) - r @ c.T  # <x - c, r>
+            loss = (c2 - 2 * dot).add_(proj.square_(), alpha=SOAR_LAMBDA)  # SOAR loss up to |x|^2
             loss.scatter_(1, first.unsqueeze(1), float("inf"))
             parts.append(torch.stack([first, loss.argmin(1)], dim=1))
         return torch.cat(parts) if parts else torch.empty(0, self._copies, dtype=torch.int64, device=x.device)
@@ -695,11 +700,11 @@ def _by_popularity(centres: torch.Tensor, sample: torch.Tensor, metric: str, pro
     queries, `probe` partitions each). Partition ids then follow popularity, and so does the page
     layout: consecutive pages get similar numbers of queries, and the batched products that
     score runs of pages (padded to their busiest page) waste little."""
-    score = sample @ centres.T
-    if metric == "l2":
-        score += rank_bias(centres, metric)
-    probed = torch.topk(score, min(probe, centres.shape[0]), dim=1).indices
-    hits = torch.bincount(probed.reshape(-1).cpu(), minlength=centres.shape[0])
+    bias = rank_bias(centres, metric) if metric == "l2" else 0.0
+    hits = torch.zeros(centres.shape[0], dtype=torch.int64)
+    for i in range(0, sample.shape[0], ASSIGN_BLOCK):
+        probed = torch.topk(sample[i : i + ASSIGN_BLOCK] @ centres.T + bias, min(probe, centres.shape[0]), dim=1).indices
+        hits += torch.bincount(probed.reshape(-1).cpu(), minlength=centres.shape[0])
     return centres[torch.argsort(hits, descending=True, stable=True).to(centres.device)].contiguous()
 
 
