@@ -148,7 +148,7 @@ def partitioned_rows(ds: Dataset, k: int, probes: list[int], codes: str, partiti
     t0 = time.perf_counter()
     index = PartitionedIndex(d, metric=ds.metric, settings=settings)
     index.add(torch.from_numpy(ds.train))
-    index.train()  # on every row added (at most 256 per partition are sampled)
+    index.train()  # on the rows added (a sample of at most MAX_TRAIN_PER_PARTITION per partition)
     build = time.perf_counter() - t0
     rows = []
     for probe in probes:

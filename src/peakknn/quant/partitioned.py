@@ -112,8 +112,7 @@ class SearchSettings:
     """How a search runs (the index's defaults; each search may override).
 
     probe: partitions searched per query; rerank: candidates re-scored exactly in fp32
-    (None = 1.5k for bf16 codes, 2k for int8, 10k for pq4; ignored when the index keeps no
-    vectors).
+    (None = 2k for bf16/int8 codes, 10k for pq4; ignored when the index keeps no vectors).
     """
 
     probe: int = 16
@@ -470,7 +469,7 @@ class PartitionedIndex:
         if not self.settings.keep_vectors:
             return None
         if rerank is None:
-            rerank = {"bf16": (3 * k + 1) // 2, "int8": 2 * k, "pq4": 10 * k}[self.settings.codes]
+            rerank = 10 * k if self.settings.codes == "pq4" else 2 * k
         return max(k, rerank)
 
     def _new_lists(self) -> PagedLists:
