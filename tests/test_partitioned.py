@@ -269,6 +269,8 @@ def test_fewer_rows_than_k_gives_fillers():
     assert (result.ids == -1).any()
     assert torch.isinf(result.scores[result.ids == -1]).all()
     assert (result.scores[result.ids == -1] > 0).all()  # +inf for distances
+    empty = index.search(torch.zeros(0, x.shape[1]), 5)
+    assert empty.ids.shape == (0, 5) and empty.scores.shape == (0, 5)
 
 
 def test_bad_settings_and_inputs_are_rejected():

@@ -304,6 +304,9 @@ class PartitionedIndex:
         if len(self) == 0:
             raise ValueError("cannot search an empty index: add vectors first")
         q = self._prepare(queries, "queries")
+        if q.shape[0] == 0:
+            empty = torch.empty(0, k)
+            return SearchResult(scores=empty, ids=empty.long())
         probe = min(probe, self.settings.partitions)
         depth = self._rerank_depth(k, rerank)
         centre_bias = rank_bias(self._centres, self.metric) if self.metric == "l2" else None
