@@ -98,10 +98,12 @@ def plot(points: list[dict], title: str, path: Path) -> None:
         print("  no plot: pip install matplotlib", flush=True)
         return
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for m in dict.fromkeys(p["method"] for p in points):
+    colours = plt.get_cmap("tab20").colors  # one colour per method (the default cycle has 10)
+    for i, m in enumerate(dict.fromkeys(p["method"] for p in points)):
         mine = sorted((p for p in points if p["method"] == m), key=lambda p: p["recall"])
         style = "o-" if m.startswith("peakknn") else ".--"
-        ax.plot([p["recall"] for p in mine], [p["qps"] for p in mine], style, label=m, linewidth=2 if m.startswith("peakknn") else 1)
+        ax.plot([p["recall"] for p in mine], [p["qps"] for p in mine], style, label=m, color=colours[i % len(colours)],
+                linewidth=2 if m.startswith("peakknn") else 1)
     ax.set_yscale("log")
     ax.set_xlabel("recall@10")
     ax.set_ylabel("queries / s (log)")
