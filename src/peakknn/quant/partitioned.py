@@ -15,17 +15,18 @@ Pipeline of one search (a block of queries at a time):
  1. partition scores: one matrix product queries x centres; each query probes its `probe` best
     partitions (<q, c>; <q, c> - |c|^2/2 for L2);
  2. grouped scoring: the (query, page) pairs of the probed partitions are sorted by page; each
-    run of up to GROUP_PAGES consecutive pages is scored by one batched bf16 matrix product
-    [pages, their queries (padded), d] x [pages, d, page rows] (codes are decoded to bf16 rows
-    first: `codes.Int8Codes`, `codes.ProductQuantizer`), and each pair's scores are copied as a
-    row into a per-query buffer that concatenates the query's pages;
+    run of up to GROUP_PAGES consecutive probed pages is scored by one batched bf16 matrix
+    product [pages, page rows, d] x [pages, d, their queries (padded)] (codes are decoded to
+    bf16 rows first: `codes.Int8Codes`, `codes.ProductQuantizer`), and each pair's scores are
+    copied as a row into a per-query buffer that concatenates the query's pages;
  3. candidates: the exact `rerank` best of every query's buffer (`topk.exact_topk_rows`);
  4. re-ranking: exact fp32 scores of the candidates from the stored vectors, then the top k.
     With keep_vectors=False (compressed-only) there is no step 4: the top k by code score is
     returned and the reported scores are those estimates.
 
 Training: partitions are k-means centres of a sample (anisotropic k-means when
-`anisotropic_partitions`); PQ codes are trained on the residuals x - centre with the
+`anisotropic_partitions`), numbered from the most to the least often probed by the sample (so
+neighbouring pages get similar numbers of queries and the padded products waste little); PQ codes are trained on the residuals x - centre with the
 anisotropic loss at threshold T (eta = (d - 1) T^2 / (1 - T^2) for T relative to each row's
 norm; L2 uses eta = 1). After training, new rows are assigned to the partition with the least
 loss (and spilled to a second one) and encoded on insert; removals move the partition's last row
