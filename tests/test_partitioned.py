@@ -250,6 +250,26 @@ def test_compressed_only_search_ranks_by_codes():
     assert float((result.scores - exact).abs().mean()) < 0.05
 
 
+@pytest.mark.parametrize("codes", CODES)
+def test_allowed_ids_filter(codes):
+    x, q = data(seed=16, spread=1.0)
+    index = build(x, "l2", partitions=16, codes=codes, block_dims=4)
+    allowed = torch.arange(0, x.shape[0], 5)
+    before = index.search(q, 10, probe=16)
+    result = index.search(q, 10, probe=16, allowed_ids=allowed.flip(0).tolist() + [10**9])  # unknown id ignored
+    assert bool(torch.isin(result.ids, allowed).all())
+    expected = allowed[truth(x[allowed], q, 10, "l2")]
+    assert recall(result.ids, expected) >= 0.99
+    nothing = index.search(q, 3, probe=16, allowed_ids=[])
+    assert bool((nothing.ids == -1).all())
+    one = index.search(q, 3, probe=16, allowed_ids=torch.tensor([7]))
+    assert bool((one.ids[:, 0] == 7).all()) and bool((one.ids[:, 1:] == -1).all())
+    with pytest.raises(TypeError, match="allowed_ids"):
+        index.search(q, 3, allowed_ids=[1.5])
+    after = index.search(q, 10, probe=16)  # filters leave the index untouched
+    assert torch.equal(before.ids, after.ids) and torch.equal(before.scores, after.scores)
+
+
 def test_searches_override_the_index_settings():
     x, q = data(seed=9, spread=1.0)
     index = PartitionedIndex(32, settings=PartitionSettings(partitions=32), search_settings=SearchSettings(probe=1))

@@ -284,14 +284,23 @@ class PartitionedIndex:
 
     # ----------------------------------------------------------------- search
     def search(
-        self, queries, k: int, *, probe: int | None = None, rerank: int | None = None, max_memory: int = _scan.DEFAULT_MEMORY
+        self,
+        queries,
+        k: int,
+        *,
+        probe: int | None = None,
+        rerank: int | None = None,
+        allowed_ids=None,
+        max_memory: int = _scan.DEFAULT_MEMORY,
     ) -> SearchResult:
         """k nearest stored vectors of each query f32[nq, dim] (or [dim]).
 
         probe: partitions searched per query (None = the index's setting; capped at the
         number of partitions); rerank: candidates re-scored exactly (None = the index's
-        setting). Returns SearchResult with user ids; -1 (score -inf / +inf) where fewer than
-        k rows were found in the probed partitions.
+        setting); allowed_ids: only these ids may be returned (ids not in the index are
+        ignored; only allowed rows of the probed partitions are searched, so a selective filter
+        may need a larger probe). Returns SearchResult with user ids; -1 (score -inf / +inf)
+        where fewer than k rows were found in the probed partitions.
         """
         k = check_k(k)
         probe = self.search_settings.probe if probe is None else probe
@@ -310,6 +319,7 @@ class PartitionedIndex:
             return SearchResult(scores=empty, ids=empty.long())
         probe = min(probe, self.settings.partitions)
         depth = self._rerank_depth(k, rerank)
+        bias = self._lists.bias if allowed_ids is None else self._filtered_bias(allowed_ids)
         centre_bias = rank_bias(self._centres, self.metric) if self.metric == "l2" else None
         page_counts = self._lists.table()[2].to(q.device)
         # inner-product partition choice tolerates bf16 scores; L2 ranks and pq4 offsets keep fp32
@@ -325,7 +335,7 @@ class PartitionedIndex:
             widest = int(page_counts[pids].sum(1).max()) * self._lists.page_rows
             inner = int(max(1, max_memory // (12 * max(1, widest))))
             for j in range(0, qo.shape[0], inner):
-                r, s = self._search_block(qo[j : j + inner], dot_c[j : j + inner], pids[j : j + inner], k, depth)
+                r, s = self._search_block(qo[j : j + inner], dot_c[j : j + inner], pids[j : j + inner], k, depth, bias)
                 ranks.append(r)
                 slots.append(s)
         rank, slot = torch.cat(ranks), torch.cat(slots)
@@ -333,9 +343,11 @@ class PartitionedIndex:
         result = finish(rank, ids, self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
 
-    def _search_block(self, q: torch.Tensor, dot_c: torch.Tensor, pids: torch.Tensor, k: int, depth: int | None):
+    def _search_block(
+        self, q: torch.Tensor, dot_c: torch.Tensor, pids: torch.Tensor, k: int, depth: int | None, bias: torch.Tensor
+    ):
         """Top-k (rank scores, slots) of queries q [nq, d] that probe partitions pids i64[nq, probe]
-        (dot_c: their <q, centre> [nq, P])."""
+        (dot_c: their <q, centre> [nq, P]; bias: f32[pages, page rows] rank bias, -inf = skip)."""
         dev, nq, lists = q.device, q.shape[0], self._lists
         rows_per_page = lists.page_rows
         pairs = _PagePairs(lists, pids)
@@ -355,9 +367,9 @@ class PartitionedIndex:
             # rows x queries (not the transpose): the pages stream through as the first operand
             queries = q_scan.index_select(0, padded).view(g1 - g0, most, -1).transpose(1, 2)
             if exact_later:  # the bias (0, or -inf for empty rows) rides along in the product
-                s = torch.baddbmm(lists.bias[g0:g1].to(torch.bfloat16).unsqueeze(2).expand(-1, -1, most), rows, queries)
+                s = torch.baddbmm(bias[g0:g1].to(torch.bfloat16).unsqueeze(2).expand(-1, -1, most), rows, queries)
             else:
-                s = torch.bmm(rows, queries).float() + lists.bias[g0:g1].unsqueeze(2)
+                s = torch.bmm(rows, queries).float() + bias[g0:g1].unsqueeze(2)
             s = s.transpose(1, 2)[local, rank]  # [pairs, page rows]
             if residual:
                 s += offset[lo:hi].unsqueeze(1)
@@ -381,6 +393,16 @@ class PartitionedIndex:
             best = torch.cat([best, best.new_full((nq, k - best.shape[1]), float("-inf"))], dim=1)
             slot = torch.cat([slot, slot.new_zeros((nq, k - slot.shape[1]))], dim=1)
         return best, slot.masked_fill(best == float("-inf"), 0)
+
+    def _filtered_bias(self, allowed_ids) -> torch.Tensor:
+        """The pages' rank bias with -inf on every row whose id is not in allowed_ids."""
+        allowed = as_ids("allowed_ids", np.unique(np.asarray(allowed_ids.cpu() if torch.is_tensor(allowed_ids) else allowed_ids)))
+        slots = self._ids.lookup(allowed)
+        keep = torch.zeros(self._slot_ids.shape[0] + 1, dtype=torch.bool)  # last entry: empty rows
+        keep[torch.from_numpy(slots[slots >= 0])] = True
+        rows = self._lists.slots
+        mask = keep[torch.where(rows >= 0, rows, keep.shape[0] - 1)].to(self._lists.bias.device)
+        return self._lists.bias.masked_fill(~mask, float("-inf"))
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
