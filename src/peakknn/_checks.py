@@ -89,6 +89,13 @@ def as_ids(name: str, value, count: int | None = None) -> np.ndarray:
     return arr
 
 
+def as_id_set(name: str, value) -> np.ndarray:
+    """Return a set of ids (a filter) as a sorted, unique 1-d int64 numpy array; repeats are allowed."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return as_ids(name, np.unique(np.asarray(value)))
+
+
 def all_finite(x: torch.Tensor) -> bool:
     """True when every entry is finite. A finite sum proves it in one cheap pass (NaN and inf
     propagate through it); only a sum that overflows needs the slow element-wise check."""

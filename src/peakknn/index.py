@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _backend, _scan
-from ._checks import as_ids, as_matrix, check_k, check_recall_target
+from ._checks import as_id_set, as_ids, as_matrix, check_k, check_recall_target
 from ._types import SearchResult, check_metric, precision_name, scan_dtype
 from .search import finish, normalize_rows, rank_bias, run_search, scan_width
 
@@ -186,7 +186,7 @@ class Index:
         if allowed_ids is None:
             table = _IndexTable(self)
         else:
-            allowed = as_ids("allowed_ids", np.unique(np.asarray(_to_numpy(allowed_ids))))
+            allowed = as_id_set("allowed_ids", allowed_ids)
             slots = sorted(self._id_to_slot[i] for i in allowed.tolist() if i in self._id_to_slot)
             slots = torch.tensor(slots, dtype=torch.int64, device=self.device)
             if backend == "triton":  # the kernel masks rows in place: no copy of the subset
@@ -317,7 +317,3 @@ def _extend(t: torch.Tensor, extra: int, fill: float) -> torch.Tensor:
     out[: t.shape[0]] = t
     out[t.shape[0] :] = fill
     return out
-
-
-def _to_numpy(ids):
-    return ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else ids

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .. import _scan
-from .._checks import as_ids, as_matrix, check_k
+from .._checks import as_id_set, as_ids, as_matrix, check_k
 from .._idmap import IdMap
 from .._types import METRICS, SearchResult, check_metric
 from ..search import finish, normalize_rows, rank_bias
@@ -396,8 +396,7 @@ class PartitionedIndex:
 
     def _filtered_bias(self, allowed_ids) -> torch.Tensor:
         """The pages' rank bias with -inf on every row whose id is not in allowed_ids."""
-        allowed = as_ids("allowed_ids", np.unique(np.asarray(allowed_ids.cpu() if torch.is_tensor(allowed_ids) else allowed_ids)))
-        slots = self._ids.lookup(allowed)
+        slots = self._ids.lookup(as_id_set("allowed_ids", allowed_ids))
         keep = torch.zeros(self._slot_ids.shape[0] + 1, dtype=torch.bool)  # last entry: empty rows
         keep[torch.from_numpy(slots[slots >= 0])] = True
         rows = self._lists.slots
@@ -583,14 +582,19 @@ class PartitionedIndex:
         codes = torch.cat([self._encode(x, parts[:, c]) for c in range(self._copies)])
         bias = rank_bias(x, self.metric).repeat(self._copies)
         entry_slots, entry_copy = np.tile(slots, self._copies), np.repeat(np.arange(self._copies), slots.size)
+        self._append_entries(part, codes, entry_slots, entry_copy, bias)
+
+    def _append_entries(self, part: torch.Tensor, codes: torch.Tensor, entry_slots: np.ndarray, entry_copy: np.ndarray, bias: torch.Tensor) -> None:
+        """Append entries (partition i64[e], codes [e, width], slot and copy i64[e], bias f32[e])
+        to their partitions, one partition at a time, and record where each entry landed."""
         order = torch.argsort(part, stable=True)
         counts = torch.bincount(part, minlength=self.settings.partitions).numpy()
         self._lists.reserve(self._lists.pages_needed(counts), exact=self._lists.page_count == 0)
         ends = np.cumsum(counts)
         for p in np.flatnonzero(counts).tolist():
             entries = order[ends[p] - counts[p] : ends[p]]
-            e, at = entries.numpy(), entries.to(self.device)
-            pos = self._lists.append(p, codes[at], torch.from_numpy(entry_slots[e]), bias[at])
+            e, at = entries.numpy(), entries.to(codes.device)
+            pos = self._lists.append(p, codes[at], torch.from_numpy(entry_slots[e]), bias[at.to(bias.device)])
             self._where[entry_slots[e], entry_copy[e], 0] = p
             self._where[entry_slots[e], entry_copy[e], 1] = pos
 
@@ -643,17 +647,10 @@ class PartitionedIndex:
             self._vectors[torch.from_numpy(slots).to(self.device)] = vectors.to(self.device)
         else:
             self._vectors = self._vectors[:0]
-        entry_slots = slots[rows.numpy()]
-        copy = np.empty(entries, dtype=np.int64)
+        copy = np.empty(entries, dtype=np.int64)  # the n-th entry of a row is its copy n
         copy[np.argsort(rows.numpy(), kind="stable")] = np.arange(entries) % copies
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        lists.reserve(lists.pages_needed(sizes), exact=True)
-        for p in range(s.partitions):
-            lo, hi = int(starts[p]), int(starts[p + 1])
-            if hi > lo:
-                pos = lists.append(p, codes[lo:hi].to(self.device), torch.from_numpy(entry_slots[lo:hi]), bias[lo:hi])
-                self._where[entry_slots[lo:hi], copy[lo:hi], 0] = p
-                self._where[entry_slots[lo:hi], copy[lo:hi], 1] = pos
+        part = torch.repeat_interleave(torch.arange(s.partitions), torch.from_numpy(sizes))
+        self._append_entries(part, codes.to(self.device), slots[rows.numpy()], copy, bias)
 
 
 class _Vectors:
