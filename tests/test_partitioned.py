@@ -8,6 +8,7 @@ import torch
 from peakknn import Index, PartitionedIndex, PartitionSettings, SearchSettings
 from peakknn.data import clustered
 from peakknn.quant import ProductQuantizer, anisotropic_loss, eta_from_threshold
+from peakknn.quant import partitioned
 from peakknn.quant.codes import Int8Codes, pack, unpack
 from peakknn.search import search
 
@@ -280,6 +281,37 @@ def test_searches_override_the_index_settings():
     assert low < high
     assert recall(index.search(q, 10, probe=1).ids, expected) == low
     assert index.search(q, 10, probe=10**6).ids.shape == (q.shape[0], 10)  # capped at partitions
+
+
+@pytest.mark.parametrize("codes", CODES)
+def test_group_size_does_not_change_results(monkeypatch, codes):
+    x, q = data(seed=12)
+    index = build(x, "cos", codes=codes, spill=True)
+    expected = index.search(q, 10, probe=5)
+    # one page per product, and products capped at a few padded queries (runs split by the cap)
+    for group_bytes, group_scores in ((1, 1), (1 << 30, 3 * index._lists.page_rows)):
+        monkeypatch.setattr(partitioned, "GROUP_BYTES", group_bytes)
+        monkeypatch.setattr(partitioned, "GROUP_SCORES", group_scores)
+        got = index.search(q, 10, probe=5)
+        assert torch.equal(got.ids, expected.ids)
+        torch.testing.assert_close(got.scores, expected.scores)
+
+
+def test_page_groups_cover_every_pair_once_within_bounds():
+    x, q = data(seed=13)
+    index = build(x, "ip", codes="bf16", spill=True)
+    pids = torch.topk(q @ index._centres.T, 6, dim=1).indices
+    pairs = partitioned._PagePairs(index._lists, pids)
+    counts = torch.bincount(pairs.page, minlength=index._lists.page_count).numpy()
+    for most_pages, most_cells in ((1, 1), (4, 10), (7, 1000), (10**6, 10**9)):
+        seen = 0
+        for g0, g1, lo, hi, most in pairs.groups(most_pages, most_cells):
+            assert lo == seen and hi > lo and 1 <= g1 - g0 <= most_pages
+            assert (g1 - g0) * most <= most_cells or g1 - g0 == 1
+            assert most == counts[g0:g1].max() and (counts[g0:g1] > 0).all()
+            assert bool((pairs.page[lo:hi] >= g0).all() and (pairs.page[lo:hi] < g1).all())
+            seen = hi
+        assert seen == pairs.page.numel()
 
 
 def test_fewer_rows_than_k_gives_fillers():

@@ -15,7 +15,7 @@ Pipeline of one search (a block of queries at a time):
  1. partition scores: one matrix product queries x centres; each query probes its `probe` best
     partitions (<q, c>; <q, c> - |c|^2/2 for L2);
  2. grouped scoring: the (query, page) pairs of the probed partitions are sorted by page; each
-    run of up to GROUP_PAGES consecutive probed pages is scored by one batched bf16 matrix
+    run of consecutive probed pages (up to GROUP_BYTES of bf16 rows) is scored by one batched bf16 matrix
     product [pages, page rows, d] x [pages, d, their queries (padded)] (codes are decoded to
     bf16 rows first: `codes.Int8Codes`, `codes.ProductQuantizer`), and each pair's scores are
     copied as a row into a per-query buffer that concatenates the query's pages;
@@ -57,7 +57,8 @@ ASSIGN_BLOCK = 8192  # rows assigned to partitions at once (bounds the [rows, pa
 MAX_TRAIN_PER_PARTITION = 128  # k-means sample: at most this many rows per partition
 PQ_TRAIN_ROWS = 16384  # PQ codebooks are trained on at most this many residuals
 SOAR_LAMBDA = 2.0  # weight of the residual-parallel term when choosing the spill partition
-GROUP_PAGES = 32  # pages scored by one batched matrix product
+GROUP_BYTES = 16 << 20  # bf16 page rows scored by one batched matrix product (few large products)
+GROUP_SCORES = 4 << 20  # most scores (page rows x padded queries) one such product returns
 PQ_PAGE_ROWS = 32  # rows per page of pq4 codes (bf16/int8 use _paged.PAGE_ROWS)
 FORMAT = "peakknn.partitioned"
 VERSION = 2
@@ -358,7 +359,8 @@ class PartitionedIndex:
         buf = torch.full((nq * pairs.width, rows_per_page), float("-inf"), dtype=torch.bfloat16 if exact_later else torch.float32, device=dev)
         q_scan = self._codec.scan_queries(q) if self._codec is not None else q.to(torch.bfloat16)
         offset = dot_c[pairs.query, pairs.partition] if residual else None  # <q, centre> per pair
-        for g0, g1, lo, hi, most in pairs.groups(GROUP_PAGES):
+        group_pages = max(1, GROUP_BYTES // (2 * rows_per_page * self.dim))
+        for g0, g1, lo, hi, most in pairs.groups(group_pages, max(1, GROUP_SCORES // rows_per_page)):
             local, rank = pairs.page[lo:hi] - g0, pairs.rank[lo:hi]
             padded = torch.zeros((g1 - g0) * most, dtype=torch.int64, device=dev)  # queries of each page, padded
             padded[local * most + rank] = pairs.query[lo:hi]
@@ -696,9 +698,10 @@ class _PagePairs:
         self._counts = counts.cpu().numpy()
         self._nq = nq
 
-    def groups(self, most_pages: int):
-        """Yield (g0, g1, lo, hi, most): runs of at most `most_pages` consecutive probed pages
-        [g0, g1), their pairs [lo, hi) and the most pairs of one page in the run."""
+    def groups(self, most_pages: int, most_cells: int):
+        """Yield (g0, g1, lo, hi, most): runs of consecutive probed pages [g0, g1), their pairs
+        [lo, hi) and the most pairs of one page in the run, where a run has at most `most_pages`
+        pages and (pages x most) <= most_cells unless it is a single page."""
         counts = self._counts
         active = np.flatnonzero(counts)
         if active.size == 0:
@@ -706,9 +709,16 @@ class _PagePairs:
         ends = np.cumsum(counts)
         breaks = np.flatnonzero(np.diff(active) != 1) + 1
         for run in np.split(active, breaks):
-            for i in range(0, run.size, most_pages):
-                g0, g1 = int(run[i]), int(run[min(i + most_pages, run.size) - 1]) + 1
-                yield g0, g1, int(ends[g0] - counts[g0]), int(ends[g1 - 1]), int(counts[g0:g1].max())
+            i = 0
+            while i < run.size:
+                g0 = int(run[i])
+                g1 = int(run[min(i + most_pages, run.size) - 1]) + 1
+                most = int(counts[g0:g1].max())
+                if (g1 - g0) * most > most_cells:  # busy pages: a shorter run bounds the scores
+                    g1 = g0 + max(1, most_cells // most)
+                    most = int(counts[g0:g1].max())
+                i += g1 - g0
+                yield g0, g1, int(ends[g0] - counts[g0]), int(ends[g1 - 1]), most
 
     def page_table(self) -> torch.Tensor:
         """i64[nq, width]: the page behind each column of the score buffer (0 where unused: -inf there)."""
