@@ -1,6 +1,8 @@
 """PartitionedIndex: recall against exact search, monotone probe curves, updates after training,
 save/load round trips, compressed-only memory, PQ codes, and bad settings."""
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 import torch
@@ -312,6 +314,24 @@ def test_page_groups_cover_every_pair_once_within_bounds():
             assert bool((pairs.page[lo:hi] >= g0).all() and (pairs.page[lo:hi] < g1).all())
             seen = hi
         assert seen == pairs.page.numel()
+
+
+def test_reused_scratch_gives_the_same_results_across_sizes_and_threads(monkeypatch):
+    x, q = data(seed=14)
+    index = build(x, "ip", codes="bf16", spill=True)
+    monkeypatch.setattr(partitioned, "REUSE_SCRATCH", False)
+    fresh = {probe: index.search(q, 10, probe=probe) for probe in (1, 8, 3)}
+    monkeypatch.setattr(partitioned, "REUSE_SCRATCH", True)
+    for probe in (1, 8, 3, 8):  # the buffer grows, then smaller searches reuse it
+        got = index.search(q, 10, probe=probe)
+        assert torch.equal(got.ids, fresh[probe].ids) and torch.equal(got.scores, fresh[probe].scores)
+    held = index._scratch.tensors["scores"]
+    index.search(q[:5], 10, probe=1)
+    assert index._scratch.tensors["scores"] is held  # no new allocation for a smaller search
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # each thread has its own scratch
+        results = list(pool.map(lambda p: index.search(q, 10, probe=p), [1, 8, 3, 8, 1, 3] * 3))
+    for probe, got in zip([1, 8, 3, 8, 1, 3] * 3, results):
+        assert torch.equal(got.ids, fresh[probe].ids)
 
 
 def test_fewer_rows_than_k_gives_fillers():
