@@ -2,6 +2,7 @@
 save/load round trips, compressed-only memory, PQ codes, and bad settings."""
 
 import concurrent.futures
+import itertools
 
 import numpy as np
 import pytest
@@ -291,27 +292,34 @@ def test_group_size_does_not_change_results(monkeypatch, codes):
     index = build(x, "cos", codes=codes, spill=True)
     expected = index.search(q, 10, probe=5)
     # one page per product, and products capped at a few padded queries (runs split by the cap)
-    for group_bytes, group_scores in ((1, 1), (1 << 30, 3 * index._lists.page_rows)):
+    settings = ((1, 1, 0), (1 << 30, 3 * index._lists.page_rows, 0), (1 << 30, 1 << 30, 0), (1 << 30, 1 << 30, 10**6))
+    for group_bytes, group_scores, gap in settings:
         monkeypatch.setattr(partitioned, "GROUP_BYTES", group_bytes)
         monkeypatch.setattr(partitioned, "GROUP_SCORES", group_scores)
+        monkeypatch.setattr(partitioned, "GROUP_GAP", gap)
         got = index.search(q, 10, probe=5)
         assert torch.equal(got.ids, expected.ids)
         torch.testing.assert_close(got.scores, expected.scores)
 
 
-def test_page_groups_cover_every_pair_once_within_bounds():
+def test_page_groups_cover_every_pair_once_within_bounds(monkeypatch):
     x, q = data(seed=13)
     index = build(x, "ip", codes="bf16", spill=True)
-    pids = torch.topk(q @ index._centres.T, 6, dim=1).indices
-    pairs = partitioned._PagePairs(index._lists, pids)
-    counts = torch.bincount(pairs.page, minlength=index._lists.page_count).numpy()
-    for most_pages, most_cells in ((1, 1), (4, 10), (7, 1000), (10**6, 10**9)):
+    limits = ((1, 1), (4, 10), (7, 1000), (10**6, 10**9))
+    for queries, (most_pages, most_cells), gap in itertools.product((q[:2], q), limits, (0, 3, 10**6)):
+        pids = torch.topk(queries @ index._centres.T, 6, dim=1).indices
+        pairs = partitioned._PagePairs(index._lists, pids)
+        counts = torch.bincount(pairs.page, minlength=index._lists.page_count).numpy()
+        assert queries.shape[0] > 2 or (counts == 0).any()  # two queries leave gaps between probed pages
+        monkeypatch.setattr(partitioned, "GROUP_GAP", gap)
         seen = 0
         for g0, g1, lo, hi, most in pairs.groups(most_pages, most_cells):
             assert lo == seen and hi > lo and 1 <= g1 - g0 <= most_pages
             assert (g1 - g0) * most <= most_cells or g1 - g0 == 1
-            assert most == counts[g0:g1].max() and (counts[g0:g1] > 0).all()
+            assert most == counts[g0:g1].max() and counts[g0] > 0 and counts[g1 - 1] > 0
             assert bool((pairs.page[lo:hi] >= g0).all() and (pairs.page[lo:hi] < g1).all())
+            gaps = np.diff(np.flatnonzero(counts[g0:g1])) - 1
+            assert gaps.size == 0 or gaps.max() <= gap
             seen = hi
         assert seen == pairs.page.numel()
 

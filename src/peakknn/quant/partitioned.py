@@ -60,6 +60,8 @@ MAX_TRAIN_PER_PARTITION = 128  # k-means sample: at most this many rows per part
 PQ_TRAIN_ROWS = 16384  # PQ codebooks are trained on at most this many residuals
 SOAR_LAMBDA = 2.0  # weight of the residual-parallel term when choosing the spill partition
 GROUP_BYTES = 16 << 20  # bf16 page rows scored by one batched matrix product (few large products)
+GROUP_GAP = 32  # a run of probed pages spans gaps of up to this many unprobed pages (scored, ignored):
+# fewer, larger products beat skipping pages when most pages are probed (1M x 128, probe 2: -30%)
 GROUP_SCORES = 4 << 20  # most scores (page rows x padded queries) one such product returns
 REUSE_SCRATCH = True  # CPU searches reuse their large scratch tensors (see _Scratch)
 PQ_PAGE_ROWS = 32  # rows per page of pq4 codes (bf16/int8 use _paged.PAGE_ROWS)
@@ -731,26 +733,28 @@ class _PagePairs:
         self._nq = nq
 
     def groups(self, most_pages: int, most_cells: int):
-        """Yield (g0, g1, lo, hi, most): runs of consecutive probed pages [g0, g1), their pairs
-        [lo, hi) and the most pairs of one page in the run, where a run has at most `most_pages`
-        pages and (pages x most) <= most_cells unless it is a single page."""
+        """Yield (g0, g1, lo, hi, most): runs of pages [g0, g1) with at least one pair (gaps of
+        up to GROUP_GAP unprobed pages inside a run are allowed), their pairs [lo, hi) and the
+        most pairs of one page in the run, where a run has at most `most_pages` pages and
+        (pages x most) <= most_cells unless it is a single page."""
         counts = self._counts
         active = np.flatnonzero(counts)
         if active.size == 0:
             return
         ends = np.cumsum(counts)
-        breaks = np.flatnonzero(np.diff(active) != 1) + 1
-        for run in np.split(active, breaks):
+        breaks = np.flatnonzero(np.diff(active) > 1 + GROUP_GAP) + 1
+        for run in np.split(active, breaks):  # run: probed pages, sorted; a group starts and ends on one
             i = 0
             while i < run.size:
                 g0 = int(run[i])
-                g1 = int(run[min(i + most_pages, run.size) - 1]) + 1
-                most = int(counts[g0:g1].max())
-                if (g1 - g0) * most > most_cells:  # busy pages: a shorter run bounds the scores
-                    g1 = g0 + max(1, most_cells // most)
-                    most = int(counts[g0:g1].max())
-                i += g1 - g0
+                j = int(np.searchsorted(run, g0 + most_pages))  # run[i:j]: probed pages in the group
+                most = int(counts[g0 : int(run[j - 1]) + 1].max())
+                if (int(run[j - 1]) + 1 - g0) * most > most_cells:  # busy pages: fewer bound the scores
+                    j = int(np.searchsorted(run, g0 + max(1, most_cells // most)))
+                    most = int(counts[g0 : int(run[j - 1]) + 1].max())
+                g1 = int(run[j - 1]) + 1
                 yield g0, g1, int(ends[g0] - counts[g0]), int(ends[g1 - 1]), most
+                i = j
 
     def page_table(self) -> torch.Tensor:
         """i64[nq, width]: the page behind each column of the score buffer (0 where unused: -inf there)."""
