@@ -15,8 +15,9 @@ Pipeline of one search (a block of queries at a time):
  1. partition scores: one matrix product queries x centres; each query probes its `probe` best
     partitions (<q, c>; <q, c> - |c|^2/2 for L2);
  2. grouped scoring: the (query, page) pairs of the probed partitions are sorted by page; each
-    run of consecutive probed pages (up to GROUP_BYTES of bf16 rows) is scored by one batched bf16 matrix
-    product [pages, page rows, d] x [pages, d, their queries (padded)] (codes are decoded to
+    run of consecutive probed pages (up to GROUP_BYTES of bf16 rows, GROUP_GAP unprobed pages
+    skipped inside it) is scored by one batched bf16 matrix product
+    [pages, page rows, d] x [pages, d, their queries (padded)] (codes are decoded to
     bf16 rows first: `codes.Int8Codes`, `codes.ProductQuantizer`), and each pair's scores are
     copied as a row into a per-query buffer that concatenates the query's pages;
  3. candidates: the exact `rerank` best of every query's buffer (`topk.exact_topk_rows`);
