@@ -302,7 +302,7 @@ def test_group_size_does_not_change_results(monkeypatch, codes):
         torch.testing.assert_close(got.scores, expected.scores)
 
 
-def test_page_groups_cover_every_pair_once_within_bounds(monkeypatch):
+def test_page_groups_cover_every_pair_once_within_bounds():
     x, q = data(seed=13)
     index = build(x, "ip", codes="bf16", spill=True)
     limits = ((1, 1), (4, 10), (7, 1000), (10**6, 10**9))
@@ -311,9 +311,8 @@ def test_page_groups_cover_every_pair_once_within_bounds(monkeypatch):
         pairs = partitioned._PagePairs(index._lists, pids)
         counts = torch.bincount(pairs.page, minlength=index._lists.page_count).numpy()
         assert queries.shape[0] > 2 or (counts == 0).any()  # two queries leave gaps between probed pages
-        monkeypatch.setattr(partitioned, "GROUP_GAP", gap)
         seen = 0
-        for g0, g1, lo, hi, most in pairs.groups(most_pages, most_cells):
+        for g0, g1, lo, hi, most in pairs.groups(most_pages, most_cells, gap):
             assert lo == seen and hi > lo and 1 <= g1 - g0 <= most_pages
             assert (g1 - g0) * most <= most_cells or g1 - g0 == 1
             assert most == counts[g0:g1].max() and counts[g0] > 0 and counts[g1 - 1] > 0

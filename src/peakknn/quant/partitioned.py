@@ -369,7 +369,7 @@ class PartitionedIndex:
         q_scan = self._codec.scan_queries(q) if self._codec is not None else q.to(torch.bfloat16)
         offset = dot_c[pairs.query, pairs.partition] if residual else None  # <q, centre> per pair
         group_pages = max(1, GROUP_BYTES // (2 * rows_per_page * self.dim))
-        for g0, g1, lo, hi, most in pairs.groups(group_pages, max(1, GROUP_SCORES // rows_per_page)):
+        for g0, g1, lo, hi, most in pairs.groups(group_pages, max(1, GROUP_SCORES // rows_per_page), GROUP_GAP):
             local, rank = pairs.page[lo:hi] - g0, pairs.rank[lo:hi]
             padded = torch.zeros((g1 - g0) * most, dtype=torch.int64, device=dev)  # queries of each page, padded
             padded[local * most + rank] = pairs.query[lo:hi]
@@ -733,9 +733,9 @@ class _PagePairs:
         self._counts = counts.cpu().numpy()
         self._nq = nq
 
-    def groups(self, most_pages: int, most_cells: int):
-        """Yield (g0, g1, lo, hi, most): runs of pages [g0, g1) with at least one pair (gaps of
-        up to GROUP_GAP unprobed pages inside a run are allowed), their pairs [lo, hi) and the
+    def groups(self, most_pages: int, most_cells: int, max_gap: int):
+        """Yield (g0, g1, lo, hi, most): runs of pages [g0, g1) that start and end on a probed
+        page and skip at most `max_gap` unprobed pages at a time, their pairs [lo, hi) and the
         most pairs of one page in the run, where a run has at most `most_pages` pages and
         (pages x most) <= most_cells unless it is a single page."""
         counts = self._counts
@@ -743,17 +743,18 @@ class _PagePairs:
         if active.size == 0:
             return
         ends = np.cumsum(counts)
-        breaks = np.flatnonzero(np.diff(active) > 1 + GROUP_GAP) + 1
-        for run in np.split(active, breaks):  # run: probed pages, sorted; a group starts and ends on one
+        breaks = np.flatnonzero(np.diff(active) > 1 + max_gap) + 1
+        for run in np.split(active, breaks):  # probed pages, sorted
             i = 0
             while i < run.size:
                 g0 = int(run[i])
-                j = int(np.searchsorted(run, g0 + most_pages))  # run[i:j]: probed pages in the group
-                most = int(counts[g0 : int(run[j - 1]) + 1].max())
-                if (int(run[j - 1]) + 1 - g0) * most > most_cells:  # busy pages: fewer bound the scores
-                    j = int(np.searchsorted(run, g0 + max(1, most_cells // most)))
-                    most = int(counts[g0 : int(run[j - 1]) + 1].max())
+                j = int(np.searchsorted(run, g0 + most_pages))  # run[i:j]: the group's probed pages
                 g1 = int(run[j - 1]) + 1
+                most = int(counts[g0:g1].max())
+                if (g1 - g0) * most > most_cells:  # busy pages: fewer pages bound the scores
+                    j = int(np.searchsorted(run, g0 + max(1, most_cells // most)))
+                    g1 = int(run[j - 1]) + 1
+                    most = int(counts[g0:g1].max())
                 yield g0, g1, int(ends[g0] - counts[g0]), int(ends[g1 - 1]), most
                 i = j
 
