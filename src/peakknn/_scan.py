@@ -36,7 +36,8 @@ MIN_GROUPS = 2
 RESCORE_FRACTION = 1500  # candidates * groups <= n / RESCORE_FRACTION where possible
 MIN_BIN_FILL = 64  # extra bins (beyond the recall target) only while bins keep >= this many rows
 MAX_QUERY_BLOCK = 4096
-RESCORE_ROWS = 8192  # CPU: candidate rows gathered at once when re-scoring (few calls, bounded memory)
+RESCORE_ROWS = 1024  # CPU: candidate rows gathered at once when re-scoring (1.5 MB at d=384: they stay in L2)
+RESCORE_MIN_QUERIES = 16  # ... but at least this many queries' candidates (bounds the loop for large m)
 DEFAULT_MEMORY = 256 << 20  # working-memory budget of one search call, bytes
 KERNEL_MIN_BINS = 128  # the kernel keeps at least this many bins (one BLOCK_N) while n allows
 KERNEL_WAVES = 4  # the kernel's grid aims at this many programs per streaming multiprocessor
@@ -241,26 +242,25 @@ def rescore(
 
     q32: f32[nq, d]; slots, valid: [nq, m]. Returns (rank f32[nq, k], slots i64[nq, k]) where
     rank is larger-is-better (-squared distance for L2) and -inf marks missing results.
+    The candidates' rows are gathered a few at a time (on CPU, RESCORE_ROWS: the gathered rows
+    stay in cache for their products) and scored into one [nq, m] matrix; one top-k follows.
     """
     nq, m = slots.shape
     d = q32.shape[1]
-    most = max(1, RESCORE_ROWS // max(1, m)) if q32.device.type == "cpu" else MAX_QUERY_BLOCK
+    most = max(RESCORE_MIN_QUERIES, RESCORE_ROWS // max(1, m)) if q32.device.type == "cpu" else MAX_QUERY_BLOCK
     step = int(max(1, min(most, MAX_QUERY_BLOCK, memory // max(1, m * d * 8))))
-    ranks, out_slots = [], []
+    r = torch.empty(nq, m, dtype=torch.float32, device=q32.device)
     for i in range(0, nq, step):
-        s, v, q = slots[i : i + step], valid[i : i + step], q32[i : i + step]
-        x = table.exact_rows(s)  # [b, m, d]
+        x, q = table.exact_rows(slots[i : i + step]), q32[i : i + step]  # [b, m, d], [b, d]
         if metric == "l2":
-            r = -((x - q.unsqueeze(1)) ** 2).sum(-1)
+            torch.sum((x - q.unsqueeze(1)).square_(), dim=2, out=r[i : i + step]).neg_()
         else:
-            r = torch.bmm(x, q.unsqueeze(2)).squeeze(2)
-        r = r.masked_fill(~(v & table.alive(s)), float("-inf"))
-        kk = min(k, m)
-        top_r, pos = torch.topk(r, kk, dim=1)
-        top_s = s.gather(1, pos)
-        if kk < k:
-            top_r = torch.cat([top_r, top_r.new_full((top_r.shape[0], k - kk), float("-inf"))], dim=1)
-            top_s = torch.cat([top_s, top_s.new_zeros((top_s.shape[0], k - kk))], dim=1)
-        ranks.append(top_r)
-        out_slots.append(top_s)
-    return torch.cat(ranks), torch.cat(out_slots)
+            torch.bmm(x, q.unsqueeze(2), out=r[i : i + step].unsqueeze(2))
+    r.masked_fill_(~(valid & table.alive(slots)), float("-inf"))
+    kk = min(k, m)
+    top_r, pos = torch.topk(r, kk, dim=1)
+    top_s = slots.gather(1, pos)
+    if kk < k:
+        top_r = torch.cat([top_r, top_r.new_full((nq, k - kk), float("-inf"))], dim=1)
+        top_s = torch.cat([top_s, top_s.new_zeros((nq, k - kk))], dim=1)
+    return top_r, top_s
