@@ -73,7 +73,7 @@ class PeakPartitioned(Method):
 
     def settings(self, quick):
         top = self.partitions
-        return [p for p in ([1, 4, 16, 64] if quick else [2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64]) if p <= top]
+        return [p for p in ([1, 4, 16, 64] if quick else [2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 20, 24, 32, 48, 64]) if p <= top]
 
     def build(self, train, metric):
         from peakknn.bench import default_partitions
@@ -166,7 +166,7 @@ class FaissIVF(_Faiss):
         return f"IVF{self.nlist},Flat"
 
     def settings(self, quick):
-        return [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128]
+        return [1, 4, 16, 64] if quick else [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 
     def apply(self, setting):
         self.index.nprobe = setting
@@ -186,7 +186,7 @@ class FaissIVFPQ(_Faiss):
         super().build(train, metric)
 
     def settings(self, quick):
-        return [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128]
+        return [1, 4, 16, 64] if quick else [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 
     def apply(self, setting):
         import faiss
@@ -199,7 +199,7 @@ class FaissHNSW(_Faiss):
     name, knob, factory = "faiss HNSW32", "efSearch", "HNSW32,Flat"
 
     def settings(self, quick):
-        return [16, 64, 256] if quick else [16, 32, 64, 128, 256, 512]
+        return [16, 64, 256] if quick else [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
 
     def apply(self, setting):
         self.index.hnsw.efSearch = setting
@@ -209,7 +209,7 @@ class Hnswlib(Method):
     name, knob, needs = "hnswlib M=32", "ef", ("hnswlib",)
 
     def settings(self, quick):
-        return [10, 40, 160] if quick else [10, 20, 40, 80, 160, 320]
+        return [10, 40, 160] if quick else [10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320]
 
     def build(self, train, metric):
         import hnswlib
@@ -229,7 +229,7 @@ class USearch(Method):
     name, knob, needs = "usearch bf16", "expansion_search", ("usearch",)
 
     def settings(self, quick):
-        return [16, 64, 256] if quick else [16, 32, 64, 128, 256, 512]
+        return [16, 64, 256] if quick else [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
 
     def build(self, train, metric):
         from usearch.index import Index
@@ -271,7 +271,7 @@ class ScaNNTree(_ScaNN):
 
     def settings(self, quick):
         top = self.leaves
-        return [s for s in ([2, 8, 32, 128] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]) if s <= top]
+        return [s for s in ([2, 8, 32, 128] if quick else [1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256]) if s <= top]
 
     def build(self, train, metric):
         n = train.shape[0]

@@ -7,10 +7,11 @@
 
 For each dataset, in one process and with the same thread count: every installed method is built
 once, then swept over its knob; each setting answers the whole query batch (median of --repeat
-timed runs after a warm-up). Recall@k is `peakknn.data.recall_at_k` against the file's ground
+timed runs after a warm-up). --rounds R sweeps all methods R times and reports the median over
+rounds, so slow spells of a shared machine do not land on one method only. Recall@k is `peakknn.data.recall_at_k` against the file's ground
 truth (or an exact fp32 search for synthetic data), ties allowed, the same for every method.
 Writes, under --out (default benchmarks/results):
-  <dataset>.json        every point (method, setting, recall, queries/s, build s, memory MiB)
+  <dataset>.json        every point (method, setting, recall, queries/s and per round, build s, memory MiB)
   <dataset>.md          best queries/s at recall >= 0.90 / 0.95 / 0.99 per method
   <dataset>.png         recall vs queries/s, log scale, one line per method (ann-benchmarks style)
 """
@@ -47,11 +48,14 @@ def prepared(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
     return train, test, ds.metric
 
 
-def run_dataset(ds: Dataset, names: list[str], k: int, repeat: int, quick: bool, threads: int) -> list[dict]:
+def run_dataset(ds: Dataset, names: list[str], k: int, repeat: int, quick: bool, threads: int, rounds: int = 1) -> list[dict]:
+    """Build every method once, then sweep them all `rounds` times (method after method, each
+    setting timed as the median of `repeat` runs after a warm-up); a point's q/s is the median
+    over rounds, so drift of the shared machine during the run falls on every method alike."""
     if ds.neighbors is None or ds.neighbors.shape[1] < k:
         ds.neighbors = torch_exact(torch.from_numpy(ds.train), torch.from_numpy(ds.test), k, ds.metric)
     train, test, metric = prepared(ds)
-    points = []
+    built = []
     for name in names:
         cls = METHODS[name]
         if cls.missing():
@@ -60,17 +64,24 @@ def run_dataset(ds: Dataset, names: list[str], k: int, repeat: int, quick: bool,
         method = cls(threads=threads)
         t0 = time.perf_counter()
         method.build(train, metric)
-        build = time.perf_counter() - t0
-        for setting in method.settings(quick):
-            method.search(test[: min(16, len(test))], k, setting)  # warm-up
-            ids, secs = timed(lambda: method.search(test, k, setting), repeat)
-            rec = recall_at_k(np.asarray(ids, dtype=np.int64), ds.neighbors, ds.train, ds.test, ds.metric)
-            point = {"method": method.name, "knob": method.knob, "setting": setting, "recall": rec,
-                     "qps": len(test) / secs, "build_s": build, "memory_mb": method.memory_mb}  # fmt: skip
-            points.append(point)
-            print(f"  {method.name:24s} {method.knob}={setting!s:6s} recall {rec:.4f}  {point['qps']:10,.0f} q/s", flush=True)
-        del method
-    return points
+        built.append((method, time.perf_counter() - t0))
+    points = {}
+    for r in range(rounds):
+        for method, build in built:
+            for setting in method.settings(quick):
+                method.search(test[: min(16, len(test))], k, setting)  # warm-up
+                ids, secs = timed(lambda: method.search(test, k, setting), repeat)
+                point = points.get((method.name, str(setting)))
+                if point is None:  # recall from the first round (every method here is deterministic)
+                    rec = recall_at_k(np.asarray(ids, dtype=np.int64), ds.neighbors, ds.train, ds.test, ds.metric)
+                    point = points[(method.name, str(setting))] = {
+                        "method": method.name, "knob": method.knob, "setting": setting, "recall": rec,
+                        "qps_rounds": [], "build_s": build, "memory_mb": method.memory_mb}  # fmt: skip
+                point["qps_rounds"].append(len(test) / secs)
+                point["qps"] = float(np.median(point["qps_rounds"]))
+                tag = f"[{r + 1}/{rounds}] " if rounds > 1 else ""
+                print(f"  {tag}{method.name:24s} {method.knob}={setting!s:6s} recall {point['recall']:.4f}  {len(test) / secs:10,.0f} q/s", flush=True)
+    return list(points.values())
 
 
 def best_table(points: list[dict], title: str) -> str:
@@ -123,7 +134,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per setting and round (median)")
+    p.add_argument("--rounds", type=int, default=1, help="sweeps of all methods (q/s: median over rounds)")
     p.add_argument("--quick", action="store_true", help="CI-sized run: 20,000 x 64 synthetic, fewer settings")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args()
@@ -144,7 +156,7 @@ def main() -> None:
         n, d = ds.train.shape
         title = f"{ds.name}: n={n:,} d={d} queries={len(ds.test):,} k={args.k} metric={ds.metric} threads={args.threads}"
         print(title, flush=True)
-        points = run_dataset(ds, names, args.k, args.repeat, args.quick, args.threads)
+        points = run_dataset(ds, names, args.k, args.repeat, args.quick, args.threads, args.rounds)
         stem = out / ds.name
         stem.with_suffix(".json").write_text(json.dumps({"title": title, "points": points}, indent=1))
         table = best_table(points, title)

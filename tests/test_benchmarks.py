@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +20,7 @@ def run(script: str, *args: str) -> str:
 
 @pytest.mark.slow
 def test_suite_quick_writes_table_points_and_skips_missing_peers(tmp_path):
-    out = run("suite.py", "--quick", "--synthetic", "3000x16", "--nq", "50", "--repeat", "1",
+    out = run("suite.py", "--quick", "--synthetic", "3000x16", "--nq", "50", "--repeat", "1", "--rounds", "2",
               "--methods", "peakknn,peakknn-ivf,torch,faiss-flat,hnswlib", "--out", str(tmp_path))  # fmt: skip
     payload = json.loads((tmp_path / "clustered-3000x16.json").read_text())
     methods = {p["method"] for p in payload["points"]}
@@ -29,6 +30,8 @@ def test_suite_quick_writes_table_points_and_skips_missing_peers(tmp_path):
     for name, module in (("faiss-flat", "faiss"), ("hnswlib", "hnswlib")):
         if importlib.util.find_spec(module) is None:
             assert f"skip {name}" in out
+    assert all(len(p["qps_rounds"]) == 2 and p["qps"] == float(np.median(p["qps_rounds"])) for p in payload["points"])
+    assert len({(p["method"], str(p["setting"])) for p in payload["points"]}) == len(payload["points"])  # one point per setting
     exact = [p for p in payload["points"] if p["method"].startswith("torch")]
     assert exact and exact[0]["recall"] == 1.0
     table = (tmp_path / "clustered-3000x16.md").read_text()
