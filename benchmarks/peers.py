@@ -240,7 +240,10 @@ class USearch(Method):
 
     def search(self, test, k, setting):
         self.index.expansion_search = setting
-        return self.index.search(test, k, threads=self.threads).keys.astype(np.int64)
+        found = self.index.search(test, k, threads=self.threads)
+        ids = found.keys.astype(np.int64)
+        ids[np.arange(k)[None, :] >= found.counts[:, None]] = -1  # short results are padded
+        return ids
 
 
 class _ScaNN(Method):
@@ -254,8 +257,10 @@ class _ScaNN(Method):
 
     def search(self, test, k, setting):
         kwargs = {} if setting is None else {"leaves_to_search": setting, "pre_reorder_num_neighbors": 100}
-        ids, _ = self.searcher.search_batched_parallel(test, final_num_neighbors=k, **kwargs)
-        return ids.astype(np.int64)
+        ids, dist = self.searcher.search_batched_parallel(test, final_num_neighbors=k, **kwargs)
+        ids = ids.astype(np.int64)
+        ids[np.isnan(dist)] = -1  # ScaNN pads short results (a small leaf) with id 0 and NaN
+        return ids
 
 
 class ScaNNBrute(_ScaNN):

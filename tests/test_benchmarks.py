@@ -44,3 +44,22 @@ def test_scaling_quick(tmp_path):
     rows = json.loads((tmp_path / "scaling.json").read_text())
     assert {r["axis"] for r in rows} == {"n"} and rows[0]["peakknn_s"] > 0
     assert "% of floor" in out
+
+
+@pytest.mark.parametrize("name,module,setting", [("scann-tree", "scann", 1), ("usearch", "usearch", 16)])
+def test_peer_adapters_mark_short_results_missing(name, module, setting):
+    """Peers pad short result lists (ScaNN: id 0 with a NaN distance; usearch: repeated keys):
+    the adapters report -1 there, so recall never counts a padded id (or fails on a repeat)."""
+    pytest.importorskip(module)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peers import METHODS
+
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    method = METHODS[name](threads=1)
+    method.build(x[:5] if name == "usearch" else x, "ip")  # usearch: 5 rows; ScaNN: 34 leaves of ~9 rows
+    ids = method.search(x[:20], 10, setting)
+    assert ids.shape == (20, 10) and (ids == -1).any()
+    for row in ids:
+        found = row[row >= 0]
+        assert len(set(found.tolist())) == found.size and (row[found.size :] == -1).all()
