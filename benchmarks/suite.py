@@ -4,12 +4,14 @@
     python benchmarks/suite.py --synthetic 200000x128        # clustered unit vectors, cosine
     python benchmarks/suite.py --quick                        # CI-sized: 20,000 x 64, few settings
     python benchmarks/suite.py --methods peakknn,faiss-flat   # a subset (names in peers.METHODS)
+    python benchmarks/suite.py --rounds 3                     # median of 3 sweeps of all methods
 
 For each dataset, in one process and with the same thread count: every installed method is built
 once, then swept over its knob; each setting answers the whole query batch (median of --repeat
 timed runs after a warm-up). --rounds R sweeps all methods R times and reports the median over
-rounds, so slow spells of a shared machine do not land on one method only. Recall@k is `peakknn.data.recall_at_k` against the file's ground
-truth (or an exact fp32 search for synthetic data), ties allowed, the same for every method.
+rounds, so slow spells of a shared machine do not land on one method only. Recall@k is
+`peakknn.data.recall_at_k` against the file's ground truth (or an exact fp32 search for
+synthetic data), ties allowed, the same for every method.
 Writes, under --out (default benchmarks/results):
   <dataset>.json        every point (method, setting, recall, queries/s and per round, build s, memory MiB)
   <dataset>.md          best queries/s at recall >= 0.90 / 0.95 / 0.99 per method
