@@ -419,6 +419,115 @@ def test_inconsistent_saved_arrays_are_rejected(tmp_path):
         PartitionedIndex.load(tmp_path / "old")
 
 
+# ----------------------------------------------------------------- projected first pass (scan_dims)
+
+
+def low_rank(n=3000, d=48, rank=12, nq=60, seed=0):
+    """Rows near a rank-12 subspace of R^48 (what embeddings look like: a few directions hold
+    most of the energy) with a little full-rank noise."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, rank, generator=g))[0]
+    x = torch.randn(n + nq, rank, generator=g) @ basis.T + 0.05 * torch.randn(n + nq, d, generator=g)
+    return x[:n].contiguous(), x[n:].contiguous()
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("codes", ("bf16", "int8"))
+@pytest.mark.parametrize("scan_dims", (16, "auto"))
+def test_projected_first_pass_keeps_recall_and_exact_scores(metric, codes, scan_dims):
+    x, q = low_rank(seed=1)
+    index = build(x, metric, partitions=16, codes=codes, scan_dims=scan_dims)
+    assert index._scan_width < x.shape[1]  # rows are stored narrower than they are
+    assert index._lists.codes.shape[2] == index._scan_width
+    expected = truth(x, q, 10, metric)
+    result = index.search(q, 10, probe=16)
+    assert recall(result.ids, expected) >= 0.99
+    exact = search(q, x, 10, metric=metric, recall_target=1.0)
+    hit = result.ids == exact.ids
+    torch.testing.assert_close(result.scores[hit], exact.scores[hit], rtol=1e-4, atol=1e-4)
+    # a narrower first pass is still re-ranked exactly, but it does find fewer true neighbours
+    narrow = build(x, metric, partitions=16, codes=codes, scan_dims=2).search(q, 10, probe=16, rerank=10)
+    assert recall(narrow.ids, expected) < 0.9
+
+
+def test_projection_follows_updates():
+    x, q = low_rank(seed=2)
+    index = build(x, "l2", partitions=8, scan_dims=16)
+    new = index.add(q[:5])
+    assert torch.equal(index.search(q[:5], 1, probe=8).ids[:, 0], new)
+    index.remove(new[:2])
+    index.upsert(q[9:10], ids=[int(new[2])])
+    got = index.search(q[:5], 1, probe=8).ids[:, 0]
+    assert not set(new[:2].tolist()) & set(got.tolist())
+    assert int(index.search(q[9:10], 1, probe=8).ids[0, 0]) == int(new[2])
+    check_bookkeeping(index)
+
+
+def test_calibrated_dims_is_the_fewest_that_reach_the_target():
+    from peakknn.quant.codes import DIMS_MULTIPLE, calibrated_dims, principal_directions
+
+    x, _ = low_rank(n=4000, d=64, seed=3)
+    basis = principal_directions(x, 64)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(64), atol=1e-4, rtol=0)
+
+    def kept(m):  # the same measurement, done independently
+        g = torch.Generator().manual_seed(0)
+        pick = torch.randperm(x.shape[0], generator=g)[:256]
+        exact, approx = x[pick] @ x.T, (x[pick] @ basis[:, :m]) @ (x @ basis[:, :m]).T
+        exact[torch.arange(256), pick] = approx[torch.arange(256), pick] = float("-inf")
+        truth_ids, found = torch.topk(exact, 10, dim=1).indices, torch.topk(approx, 20, dim=1).indices
+        return float((found.unsqueeze(2) == truth_ids.unsqueeze(1)).any(1).float().mean())
+
+    for target in (0.9, 0.995):
+        m = calibrated_dims(x, basis, 10, 20, target)
+        assert m % DIMS_MULTIPLE == 0 and m < 64
+        assert kept(m) >= target
+        assert m == DIMS_MULTIPLE or kept(m - DIMS_MULTIPLE) < target
+    # isotropic data: every direction matters, so all dims are kept (no projection)
+    iso = torch.randn(4000, 64, generator=torch.Generator().manual_seed(4))
+    assert calibrated_dims(iso, principal_directions(iso, 64), 10, 20, 0.995) == 64
+    index = build(iso[:3000], "ip", partitions=8)  # scan_dims="auto" is the default
+    assert index._projection is None and index._scan_width == 64
+
+
+@pytest.mark.parametrize("scan_dims", (16, "auto"))
+def test_projected_round_trip_is_identical(tmp_path, scan_dims):
+    x, q = low_rank(seed=5)
+    index = build(x, "cos", partitions=8, codes="int8", scan_dims=scan_dims)
+    index.save(tmp_path / "p")
+    loaded = PartitionedIndex.load(tmp_path / "p")
+    assert loaded._scan_width == index._scan_width < x.shape[1]
+    a, b = index.search(q, 10, probe=4), loaded.search(q, 10, probe=4)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
+    from peakknn import io
+
+    manifest, arrays, _ = io.read_bundle(tmp_path / "p", partitioned.FORMAT, partitioned.VERSION)
+    for name, bad, match in (
+        ("nan", dict(arrays, projection=torch.full_like(arrays["projection"], float("nan"))), "NaN"),
+        ("shape", dict(arrays, projection=arrays["projection"][:-1]), "projection"),
+    ):
+        io.write_bundle(tmp_path / name, manifest, bad)
+        with pytest.raises(ValueError, match=match):
+            PartitionedIndex.load(tmp_path / name)
+    if scan_dims == 16:
+        missing = {k: v for k, v in arrays.items() if k != "projection"}
+        io.write_bundle(tmp_path / "missing", manifest, missing)
+        with pytest.raises(ValueError, match="projection"):
+            PartitionedIndex.load(tmp_path / "missing")
+
+
+def test_bad_scan_dims_are_rejected():
+    for bad in (0, -3, 1.5, "some", True):
+        with pytest.raises(ValueError, match="scan_dims"):
+            PartitionSettings(scan_dims=bad)
+    for bad in (dict(codes="pq4"), dict(keep_vectors=False)):
+        with pytest.raises(ValueError, match="scan_dims"):
+            PartitionSettings(scan_dims=8, **bad)
+        assert PartitionSettings(**bad).scan_dims is None  # "auto" without re-ranking: no projection
+    with pytest.raises(ValueError, match="more than dim"):
+        PartitionedIndex(16, settings=PartitionSettings(scan_dims=32))
+
+
 # ----------------------------------------------------------------- codes
 
 

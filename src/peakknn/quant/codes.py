@@ -8,6 +8,11 @@ Int8Codes: x ~= scale * c with c = round(x / scale) in [-127, 127] and one scale
 exact in bf16, so <q, x~> = <q * scale, c> is computed exactly from a bf16 cast of c.
 Memory: d bytes per row (1/4 of fp32).
 
+principal_directions: an orthonormal basis of the top principal directions (of the uncentred
+second moment, which is what inner products see). Rows and queries projected on it keep their
+inner products up to the energy of the dropped directions, so a first pass that is re-ranked
+exactly can score fewer dimensions.
+
 ProductQuantizer: the d dimensions are cut into B = d / block_dims blocks; each block has 16
 centres, so a row costs B / 2 bytes (two 4-bit codes per byte; 1/16 of fp32 for block_dims = 2).
 Training follows ScaNN's anisotropic quantization (Guo et al. 2020): codebooks start from plain
@@ -23,6 +28,64 @@ import torch
 
 CENTRES = 16  # centres per PQ block (4-bit codes)
 ENCODE_CHUNK = 8192  # rows encoded at once ([chunk, B, 16] temporaries)
+DIMS_MULTIPLE = 16  # principal_directions rounds an energy-chosen width up to this
+
+
+def principal_directions(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """f32[d, dims]: orthonormal columns spanning the `dims` leading eigenvectors of x^T x for
+    rows x f32[n, d], most energy first (so x @ P keeps the most of every <q, x> on average)."""
+    d = x.shape[1]
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= d:
+        raise ValueError(f"dims must be an int in [1, {d}], got {dims!r}")
+    x64 = x.to(torch.float64)
+    _, vectors = torch.linalg.eigh(x64.T @ x64)  # ascending eigenvalues
+    return vectors[:, d - dims :].flip(1).to(torch.float32).contiguous()
+
+
+def calibrated_dims(
+    x: torch.Tensor,
+    basis: torch.Tensor,
+    k: int,
+    candidates: int,
+    target: float,
+    *,
+    bias: torch.Tensor | None = None,
+    queries: int = 256,
+    seed: int = 0,
+) -> int:
+    """The fewest leading columns m of `basis` f32[d, d] (a multiple of DIMS_MULTIPLE, or d)
+    such that, with up to `queries` rows of x f32[n, d] as queries against the other rows, the
+    `candidates` best by projected inner product <q P_m, x P_m> (+ bias f32[n], e.g. -|x|^2/2
+    for L2, in both rankings) hold at least `target` of each query's exact top-k on average.
+    Recall only grows with m (nearly), so m is bisected.
+    Returns d when no smaller m reaches the target or x is too small to tell."""
+    n, d = x.shape
+    if n < 2 * queries or n <= candidates + 1:
+        return d
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(n, generator=g)[:queries].to(x.device)
+    q = x[pick]
+    extra = 0.0 if bias is None else bias.unsqueeze(0)
+    exact = q @ x.T + extra
+    exact[torch.arange(queries, device=x.device), pick] = float("-inf")  # a query is not its own neighbour
+    truth = torch.topk(exact, k, dim=1).indices
+    xb, qb = x @ basis, q @ basis
+
+    def reaches(m: int) -> bool:
+        approx = qb[:, :m] @ xb[:, :m].T + extra
+        approx[torch.arange(queries, device=x.device), pick] = float("-inf")
+        found = torch.topk(approx, candidates, dim=1).indices
+        hit = (found.unsqueeze(2) == truth.unsqueeze(1)).any(1).float().mean()
+        return float(hit) >= target
+
+    lo, hi = 1, -(-d // DIMS_MULTIPLE)  # in units of DIMS_MULTIPLE; hi * DIMS_MULTIPLE >= d
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reaches(min(d, mid * DIMS_MULTIPLE)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return min(d, lo * DIMS_MULTIPLE)
 
 
 class Int8Codes:

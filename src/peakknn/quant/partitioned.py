@@ -17,9 +17,11 @@ Pipeline of one search (a block of queries at a time):
  2. grouped scoring: the (query, page) pairs of the probed partitions are sorted by page; each
     run of consecutive probed pages (up to GROUP_BYTES of bf16 rows, GROUP_GAP unprobed pages
     skipped inside it) is scored by one batched bf16 matrix product
-    [pages, page rows, d] x [pages, d, their queries (padded)] (codes are decoded to
-    bf16 rows first: `codes.Int8Codes`, `codes.ProductQuantizer`), and each pair's scores are
-    copied as a row into a per-query buffer that concatenates the query's pages;
+    [pages, page rows, d'] x [pages, d', their queries (padded)] (codes are decoded to bf16
+    rows first: `codes.Int8Codes`, `codes.ProductQuantizer`; d' = d, or fewer with
+    `scan_dims`, where rows and queries are projected on the sample's leading principal
+    directions), and each pair's scores are copied as a row into a per-query buffer that
+    concatenates the query's pages;
  3. candidates: the exact `rerank` best of every query's buffer (`topk.exact_topk_rows`);
  4. re-ranking: exact fp32 scores of the candidates from the stored vectors, then the top k.
     With keep_vectors=False (compressed-only) there is no step 4: the top k by code score is
@@ -27,12 +29,14 @@ Pipeline of one search (a block of queries at a time):
 
 Training: partitions are k-means centres of a sample (anisotropic k-means when
 `anisotropic_partitions`), numbered from the most to the least often probed by the sample (so
-neighbouring pages get similar numbers of queries and the padded products waste little); PQ codes are trained on the residuals x - centre with the
-anisotropic loss at threshold T (eta = (d - 1) T^2 / (1 - T^2) for T relative to each row's
-norm; L2 uses eta = 1). After training, new rows are assigned to the partition with the least
-loss (and spilled to a second one) and encoded on insert; removals move the partition's last row
-into the hole, so add / upsert / remove cost O(batch) and show in the next search; nothing is
-rebuilt.
+neighbouring pages get similar numbers of queries and the padded products waste little). PQ
+codes are trained on the residuals x - centre with the anisotropic loss at threshold T
+(eta = (d - 1) T^2 / (1 - T^2) for T relative to each row's norm; L2 uses eta = 1). bf16/int8
+codes are stored projected when the sample's energy sits in few directions (scan_dims="auto":
+as few dims as keep 99.5% of the sample's own top-10 among its best 20 by projected score).
+After training, new rows are assigned to the partition with the least loss (and spilled to a
+second one) and encoded on insert; removals move the partition's last row into the hole, so
+add / upsert / remove cost O(batch) and show in the next search; nothing is rebuilt.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from ..search import finish, normalize_rows, rank_bias
 from ..topk import exact_topk_rows
 from ._paged import PagedLists
 from .avq import assignment_loss, avq_kmeans, eta_from_threshold
-from .codes import Int8Codes, ProductQuantizer, check_block_dims
+from .codes import Int8Codes, ProductQuantizer, calibrated_dims, check_block_dims, principal_directions
 
 CODE_TYPES = ("bf16", "int8", "pq4")
 ASSIGN_BLOCK = 8192  # rows assigned to partitions at once (bounds the [rows, partitions] temporaries)
@@ -65,6 +69,7 @@ GROUP_GAP = 32  # a run of probed pages spans gaps of up to this many unprobed p
 # fewer, larger products beat skipping pages when most pages are probed (1M x 128, probe 2: -30%)
 GROUP_SCORES = 4 << 20  # most scores (page rows x padded queries) one such product returns
 REUSE_SCRATCH = True  # CPU searches reuse their large scratch tensors (see _Scratch)
+SCAN_K, SCAN_RECALL = 10, 0.995  # scan_dims="auto": the first pass keeps this share of the top-10 in its best 20
 PQ_PAGE_ROWS = 32  # rows per page of pq4 codes (bf16/int8 use _paged.PAGE_ROWS)
 FORMAT = "peakknn.partitioned"
 VERSION = 2
@@ -78,7 +83,13 @@ class PartitionSettings:
     scalar codes) or "pq4" (4-bit product quantization of residuals, `block_dims` dims per
     16-centre block); threshold: anisotropic threshold T for PQ training (None = plain PQ);
     anisotropic_partitions: partition with the anisotropic loss too; keep_vectors: keep fp32
-    vectors for exact re-ranking (False = compressed-only); spill: also store every row in a
+    vectors for exact re-ranking (False = compressed-only); scan_dims: bf16/int8 codes hold each
+    row projected on the leading principal directions of the training sample
+    (`codes.principal_directions`): an int m keeps m of them; "auto" (the default) the fewest
+    (a multiple of 16) whose first pass keeps SCAN_RECALL of the sample's own top-10 among its
+    best 20 (`codes.calibrated_dims`; all dims = no projection). The first pass then reads
+    m / dim of the bytes and re-ranking restores exact scores (None = all dims, no projection;
+    an int needs keep_vectors and bf16/int8 codes, "auto" becomes None without them); spill: also store every row in a
     second partition (SOAR; None = for bf16/int8 codes with keep_vectors: it doubles the codes,
     and two differing pq4 estimates of one row help less); train_size:
     train automatically when
@@ -92,6 +103,7 @@ class PartitionSettings:
     threshold: float | None = 0.2
     anisotropic_partitions: bool = False
     keep_vectors: bool = True
+    scan_dims: int | str | None = "auto"
     spill: bool | None = None
     train_size: int | None = -1
     iters: int = 10
@@ -102,6 +114,19 @@ class PartitionSettings:
         if self.codes not in CODE_TYPES:
             raise ValueError(f"codes must be one of {CODE_TYPES}, got {self.codes!r}")
         _positive_int("block_dims", self.block_dims)
+        if isinstance(self.scan_dims, str):
+            if self.scan_dims != "auto":
+                raise ValueError(f"scan_dims must be a positive int, 'auto' or None, got {self.scan_dims!r}")
+            if self.codes == "pq4" or not self.keep_vectors:  # nothing to re-rank with: no projection
+                object.__setattr__(self, "scan_dims", None)
+        elif self.scan_dims is not None:
+            _positive_int("scan_dims", self.scan_dims)
+            object.__setattr__(self, "scan_dims", int(self.scan_dims))
+            if self.codes == "pq4" or not self.keep_vectors:
+                raise ValueError(
+                    f"scan_dims={self.scan_dims} needs codes 'bf16' or 'int8' and keep_vectors=True "
+                    f"(the projected first pass is re-ranked exactly), got codes={self.codes!r}, keep_vectors={self.keep_vectors}"
+                )
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1) or None, got {self.threshold!r}")
         if self.spill is None:
@@ -160,6 +185,8 @@ class PartitionedIndex:
             raise TypeError(f"search_settings must be a SearchSettings, got {type(self.search_settings).__name__}")
         if self.settings.codes == "pq4":
             check_block_dims(self.dim, self.settings.block_dims)
+        if isinstance(self.settings.scan_dims, int) and self.settings.scan_dims > self.dim:
+            raise ValueError(f"scan_dims={self.settings.scan_dims} is more than dim={self.dim}")
         self.device = torch.device(device)
         # rows by slot
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
@@ -172,6 +199,7 @@ class PartitionedIndex:
         # partitions
         self._centres: torch.Tensor | None = None
         self._codec: Int8Codes | ProductQuantizer | None = None
+        self._projection: torch.Tensor | None = None  # f32[dim, m]: see PartitionSettings.scan_dims
         self._lists: PagedLists | None = None
 
     # ----------------------------------------------------------------- properties
@@ -181,7 +209,7 @@ class PartitionedIndex:
     def __repr__(self) -> str:
         return (
             f"PartitionedIndex(dim={self.dim}, metric={self.metric!r}, partitions={self.settings.partitions}, "
-            f"codes={self.settings.codes!r}, keep_vectors={self.settings.keep_vectors}, spill={self.settings.spill}, "
+            f"codes={self.settings.codes!r}, scan_dims={self.settings.scan_dims}, keep_vectors={self.settings.keep_vectors}, spill={self.settings.spill}, "
             f"size={len(self)}, trained={self.is_trained})"
         )
 
@@ -202,6 +230,8 @@ class PartitionedIndex:
             tensors.append(self._centres)
         if self._codec is not None:
             tensors.extend(self._codec.state().values())
+        if self._projection is not None:
+            tensors.append(self._projection)
         pages = self._lists.nbytes() if self._lists is not None else 0
         return sum(t.numel() * t.element_size() for t in tensors) + pages + self._where.nbytes + self._free.nbytes + self._ids.nbytes
 
@@ -230,9 +260,16 @@ class PartitionedIndex:
         if x.shape[0] > most:
             x = x[torch.randperm(x.shape[0], generator=g)[:most].to(x.device)]
         centres, assign = avq_kmeans(x, s.partitions, eta=self._partition_eta(), iters=s.iters, seed=s.seed)
-        codec = None
+        codec, projection = None, None
+        if s.scan_dims == "auto":
+            basis = principal_directions(x, self.dim)
+            bias = rank_bias(x, self.metric) if self.metric == "l2" else None  # the scan adds it exactly
+            m = calibrated_dims(x, basis, SCAN_K, 2 * SCAN_K, SCAN_RECALL, bias=bias, seed=s.seed)
+            projection = basis[:, :m].contiguous() if m < self.dim else None
+        elif s.scan_dims is not None:
+            projection = principal_directions(x, s.scan_dims)
         if s.codes == "int8":
-            codec = Int8Codes.train(x)
+            codec = Int8Codes.train(x if projection is None else x @ projection)
         elif s.codes == "pq4":
             residuals = x - centres[assign]
             eta = self._code_eta()
@@ -240,6 +277,7 @@ class PartitionedIndex:
             pick = torch.randperm(x.shape[0], generator=g)[:PQ_TRAIN_ROWS].to(x.device)
             codec = ProductQuantizer.train(residuals[pick], s.block_dims, eta=eta, directions=units[pick], seed=s.seed)
         self._centres, self._codec = _by_popularity(centres, x, self.metric, self.search_settings.probe), codec
+        self._projection = projection
         self._lists = self._new_lists()
         self._where[:] = -1
         slots = self._live_slots()
@@ -366,9 +404,10 @@ class PartitionedIndex:
         scratch = self._scratch
         buf = scratch.take("scores", (nq * pairs.width, rows_per_page), torch.bfloat16 if exact_later else torch.float32, dev)
         buf.fill_(float("-inf"))
-        q_scan = self._codec.scan_queries(q) if self._codec is not None else q.to(torch.bfloat16)
+        qp = q if self._projection is None else q @ self._projection
+        q_scan = self._codec.scan_queries(qp) if self._codec is not None else qp.to(torch.bfloat16)
         offset = dot_c[pairs.query, pairs.partition] if residual else None  # <q, centre> per pair
-        group_pages = max(1, GROUP_BYTES // (2 * rows_per_page * self.dim))
+        group_pages = max(1, GROUP_BYTES // (2 * rows_per_page * q_scan.shape[1]))
         for g0, g1, lo, hi, most in pairs.groups(group_pages, max(1, GROUP_SCORES // rows_per_page), GROUP_GAP):
             local, rank = pairs.page[lo:hi] - g0, pairs.rank[lo:hi]
             padded = torch.zeros((g1 - g0) * most, dtype=torch.int64, device=dev)  # queries of each page, padded
@@ -434,6 +473,8 @@ class PartitionedIndex:
             arrays["centres"] = self._centres
             if self._codec is not None:
                 arrays.update(self._codec.state())
+            if self._projection is not None:
+                arrays["projection"] = self._projection
         arrays["ids"] = self._slot_ids[slots]
         if self._vectors.shape[0]:
             arrays["vectors"] = self._vectors[slots.to(self.device)]
@@ -511,17 +552,24 @@ class PartitionedIndex:
         return max(k, rerank)
 
     def _new_lists(self) -> PagedLists:
-        codes = self.settings.codes
+        codes, width = self.settings.codes, self._scan_width
         if codes == "bf16":
-            width, dtype = self.dim, torch.bfloat16
+            dtype = torch.bfloat16
         elif codes == "int8":
-            width, dtype = self.dim, torch.int8
+            dtype = torch.int8
         else:  # decoded per page before scoring anyway: small pages keep the padding small
             width, dtype = (self.dim // self.settings.block_dims + 1) // 2, torch.uint8
             return PagedLists(self.settings.partitions, width, dtype, self.device, page_rows=PQ_PAGE_ROWS)
         return PagedLists(self.settings.partitions, width, dtype, self.device)
 
+    @property
+    def _scan_width(self) -> int:
+        """Dimensions of the rows that bf16/int8 codes hold (the projection's, or all)."""
+        return self._projection.shape[1] if self._projection is not None else self.dim
+
     def _encode(self, x: torch.Tensor, partition: torch.Tensor) -> torch.Tensor:
+        if self._projection is not None:
+            x = x @ self._projection
         if self._codec is None:
             return x.to(torch.bfloat16)
         if isinstance(self._codec, Int8Codes):
@@ -637,6 +685,12 @@ class PartitionedIndex:
         entries = count * copies
         if (sizes < 0).any() or int(sizes.sum()) != entries:
             raise ValueError(f"{where}: partition sizes do not add up to {entries} entries ({count} rows x {copies})")
+        projection = arrays.get("projection")
+        if isinstance(s.scan_dims, int) or (s.scan_dims == "auto" and projection is not None):  # "auto" may keep all dims
+            width = s.scan_dims if isinstance(s.scan_dims, int) else projection.shape[-1]
+            if not 1 <= width <= self.dim:
+                raise ValueError(f"{where}: array 'projection' must be f32[{self.dim}, m], 1 <= m <= {self.dim}")
+            self._projection = _array(arrays, "projection", torch.float32, (self.dim, width), where).to(self.device)
         lists = self._new_lists()
         codes = _array(arrays, "codes", lists.codes.dtype, (entries, lists.codes.shape[2]), where)
         rows = _array(arrays, "entry_rows", torch.int64, (entries,), where)
@@ -644,13 +698,14 @@ class PartitionedIndex:
             raise ValueError(f"{where}: entry_rows must name every row exactly {copies} time(s)")
         bias = _array(arrays, "bias", torch.float32, (entries,), where)
         if s.codes == "int8":
-            self._codec = Int8Codes(_array(arrays, "int8_scale", torch.float32, (self.dim,), where))
+            self._codec = Int8Codes(_array(arrays, "int8_scale", torch.float32, (self._scan_width,), where))
         elif s.codes == "pq4":
             blocks = self.dim // s.block_dims
             self._codec = ProductQuantizer(_array(arrays, "pq_centres", torch.float32, (blocks, 16, s.block_dims), where))
         tensors = [centres, bias] + list(self._codec.state().values() if self._codec else [])
+        tensors += [self._projection] if self._projection is not None else []
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
-            raise ValueError(f"{where}: centres or biases contain NaN or inf")
+            raise ValueError(f"{where}: centres, biases, codec or projection contain NaN or inf")
         self._centres, self._lists = centres.to(self.device), lists
         slots = self._take_slots(count)
         self._slot_ids[torch.from_numpy(slots)] = torch.from_numpy(ids)
