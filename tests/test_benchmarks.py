@@ -39,6 +39,16 @@ def test_suite_quick_writes_table_points_and_skips_missing_peers(tmp_path):
 
 
 @pytest.mark.slow
+def test_scan_dims_script_prints_one_row_per_probe():
+    out = run("scan_dims.py", "--synthetic", "4000x32", "--nq", "40", "--repeat", "1", "--probes", "2,8",
+              "--scan-dims", "none,16,auto")  # fmt: skip
+    assert "scan_dims=16: 16 of 32 dims" in out and "scan_dims=None: 32 of 32 dims" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 2 |") or line.startswith("| 8 |")]
+    assert len(rows) == 2 and all(line.count("x, ") == 3 for line in rows)
+    assert rows[0].split("|")[2].strip().split(", ")[1] == "1.000x"  # the baseline's own ratio
+
+
+@pytest.mark.slow
 def test_scaling_quick(tmp_path):
     out = run("scaling.py", "--quick", "--max-n", "10000", "--repeat", "1", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "scaling.json").read_text())
