@@ -28,7 +28,8 @@ import torch
 
 CENTRES = 16  # centres per PQ block (4-bit codes)
 ENCODE_CHUNK = 8192  # rows encoded at once ([chunk, B, 16] temporaries)
-DIMS_MULTIPLE = 16  # principal_directions rounds an energy-chosen width up to this
+DIMS_MULTIPLE = 16  # calibrated_dims tries widths in steps of this
+CALIBRATION_SCORES = 1 << 23  # calibrated_dims scores at most this many (query, row) pairs at once
 
 
 def principal_directions(x: torch.Tensor, dims: int) -> torch.Tensor:
@@ -64,17 +65,23 @@ def calibrated_dims(
         return d
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(n, generator=g)[:queries].to(x.device)
-    q = x[pick]
     extra = 0.0 if bias is None else bias.unsqueeze(0)
-    exact = q @ x.T + extra
-    exact[torch.arange(queries, device=x.device), pick] = float("-inf")  # a query is not its own neighbour
-    truth = torch.topk(exact, k, dim=1).indices
-    xb, qb = x @ basis, q @ basis
+    block = max(1, CALIBRATION_SCORES // n)  # queries scored at once: bounded [block, n] temporaries
+
+    def best(q: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
+        """i64[queries, count]: each picked row's best other rows by <q, rows> + bias."""
+        out = []
+        for i in range(0, queries, block):
+            scores = q[i : i + block] @ rows.T + extra
+            scores[torch.arange(scores.shape[0], device=x.device), pick[i : i + block]] = float("-inf")  # not itself
+            out.append(torch.topk(scores, count, dim=1).indices)
+        return torch.cat(out)
+
+    truth = best(x[pick], x, k)
+    xb = x @ basis
 
     def reaches(m: int) -> bool:
-        approx = qb[:, :m] @ xb[:, :m].T + extra
-        approx[torch.arange(queries, device=x.device), pick] = float("-inf")
-        found = torch.topk(approx, candidates, dim=1).indices
+        found = best(xb[pick, :m], xb[:, :m], candidates)
         hit = (found.unsqueeze(2) == truth.unsqueeze(1)).any(1).float().mean()
         return float(hit) >= target
 

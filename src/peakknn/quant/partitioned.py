@@ -89,12 +89,11 @@ class PartitionSettings:
     (a multiple of 16) whose first pass keeps SCAN_RECALL of the sample's own top-10 among its
     best 20 (`codes.calibrated_dims`; all dims = no projection). The first pass then reads
     m / dim of the bytes and re-ranking restores exact scores (None = all dims, no projection;
-    an int needs keep_vectors and bf16/int8 codes, "auto" becomes None without them); spill: also store every row in a
-    second partition (SOAR; None = for bf16/int8 codes with keep_vectors: it doubles the codes,
-    and two differing pq4 estimates of one row help less); train_size:
-    train automatically when
-    this many rows are in (None = only `train()`; default 40 * partitions); iters: k-means
-    iterations; seed: seeds training.
+    an int needs keep_vectors and bf16/int8 codes, "auto" becomes None without them); spill:
+    also store every row in a second partition (SOAR; None = for bf16/int8 codes with
+    keep_vectors: it doubles the codes, and two differing pq4 estimates of one row help less);
+    train_size: train automatically when this many rows are in (None = only `train()`;
+    default 40 * partitions); iters: k-means iterations; seed: seeds training.
     """
 
     partitions: int = 256
@@ -209,7 +208,8 @@ class PartitionedIndex:
     def __repr__(self) -> str:
         return (
             f"PartitionedIndex(dim={self.dim}, metric={self.metric!r}, partitions={self.settings.partitions}, "
-            f"codes={self.settings.codes!r}, scan_dims={self.settings.scan_dims}, keep_vectors={self.settings.keep_vectors}, spill={self.settings.spill}, "
+            f"codes={self.settings.codes!r}, scan_dims={self.settings.scan_dims!r}, keep_vectors={self.settings.keep_vectors}, "
+            f"spill={self.settings.spill}, "
             f"size={len(self)}, trained={self.is_trained})"
         )
 
@@ -687,7 +687,7 @@ class PartitionedIndex:
             raise ValueError(f"{where}: partition sizes do not add up to {entries} entries ({count} rows x {copies})")
         projection = arrays.get("projection")
         if isinstance(s.scan_dims, int) or (s.scan_dims == "auto" and projection is not None):  # "auto" may keep all dims
-            width = s.scan_dims if isinstance(s.scan_dims, int) else projection.shape[-1]
+            width = s.scan_dims if isinstance(s.scan_dims, int) else (projection.shape[-1] if projection.ndim else 0)
             if not 1 <= width <= self.dim:
                 raise ValueError(f"{where}: array 'projection' must be f32[{self.dim}, m], 1 <= m <= {self.dim}")
             self._projection = _array(arrays, "projection", torch.float32, (self.dim, width), where).to(self.device)
