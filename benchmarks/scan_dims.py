@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from suite import prepared  # noqa: E402
+from suite import prepared, synthetic, with_truth  # noqa: E402
 
 import peakknn  # noqa: E402
-from peakknn.bench import default_partitions, torch_exact  # noqa: E402
-from peakknn.data import clustered, load_hdf5, recall_at_k  # noqa: E402
+from peakknn.bench import default_partitions  # noqa: E402
+from peakknn.data import load_hdf5, recall_at_k  # noqa: E402
 
 
 def parse_setting(text: str):
@@ -44,15 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.dataset:
-        ds = load_hdf5(args.dataset)
-    else:
-        n, d = (int(v) for v in args.synthetic.lower().split("x"))
-        ds = clustered(n, d, args.nq, clusters=max(10, n // 1000))
-    ds.test = ds.test[: args.nq]
-    if ds.neighbors is None or ds.neighbors.shape[1] < args.k:
-        ds.neighbors = torch_exact(torch.from_numpy(ds.train), torch.from_numpy(ds.test), args.k, ds.metric)
-    ds.neighbors = ds.neighbors[: args.nq]
+    ds = with_truth(load_hdf5(args.dataset) if args.dataset else synthetic(args.synthetic, args.nq), args.nq, args.k)
     train, test, metric = prepared(ds)
     settings = [parse_setting(s) for s in args.scan_dims.split(",")]
     indexes = []

@@ -50,12 +50,27 @@ def prepared(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
     return train, test, ds.metric
 
 
+def synthetic(spec: str, nq: int) -> Dataset:
+    """The clustered synthetic set named "NxD" (n // 1000 clusters, at least 10), nq queries."""
+    n, d = (int(v) for v in spec.lower().split("x"))
+    return clustered(n, d, nq, clusters=max(10, n // 1000))
+
+
+def with_truth(ds: Dataset, nq: int, k: int) -> Dataset:
+    """ds with its first nq queries and their ground truth (exact fp32 search where the file
+    has none, or fewer than k neighbours per query)."""
+    ds.test = ds.test[:nq]
+    ds.neighbors = None if ds.neighbors is None else ds.neighbors[:nq]
+    if ds.neighbors is None or ds.neighbors.shape[1] < k:
+        ds.neighbors = torch_exact(torch.from_numpy(ds.train), torch.from_numpy(ds.test), k, ds.metric)
+    return ds
+
+
 def run_dataset(ds: Dataset, names: list[str], k: int, repeat: int, quick: bool, threads: int, rounds: int = 1) -> list[dict]:
     """Build every method once, then sweep them all `rounds` times (method after method, each
     setting timed as the median of `repeat` runs after a warm-up); a point's q/s is the median
-    over rounds, so drift of the shared machine during the run falls on every method alike."""
-    if ds.neighbors is None or ds.neighbors.shape[1] < k:
-        ds.neighbors = torch_exact(torch.from_numpy(ds.train), torch.from_numpy(ds.test), k, ds.metric)
+    over rounds, so drift of the shared machine during the run falls on every method alike.
+    ds: with its ground truth (`with_truth`)."""
     train, test, metric = prepared(ds)
     built = []
     for name in names:
@@ -148,13 +163,11 @@ def main() -> None:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
     sets = [load_hdf5(f) for f in args.dataset]
     for spec in args.synthetic or ([] if args.dataset else ["20000x64" if args.quick else "200000x128"]):
-        n, d = (int(v) for v in spec.lower().split("x"))
-        sets.append(clustered(n, d, args.nq, clusters=max(10, n // 1000)))
+        sets.append(synthetic(spec, args.nq))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for ds in sets:
-        ds.test = ds.test[: args.nq]
-        ds.neighbors = None if ds.neighbors is None else ds.neighbors[: args.nq]
+        ds = with_truth(ds, args.nq, args.k)
         n, d = ds.train.shape
         title = f"{ds.name}: n={n:,} d={d} queries={len(ds.test):,} k={args.k} metric={ds.metric} threads={args.threads}"
         print(title, flush=True)

@@ -38,6 +38,17 @@ def copies(index):
     return 2 if index.settings.spill else 1
 
 
+def check_recall_and_exact_scores(index, x, q, metric, probe):
+    """Recall@10 >= 0.99 at `probe` against exact search, and the reported scores exact (fp32
+    re-ranked) for the ids it gets right. Returns the exact ids i64[nq, 10]."""
+    exact = search(q, x, 10, metric=metric, recall_target=1.0)
+    result = index.search(q, 10, probe=probe)
+    assert recall(result.ids, exact.ids) >= 0.99
+    hit = result.ids == exact.ids
+    torch.testing.assert_close(result.scores[hit], exact.scores[hit], rtol=1e-4, atol=1e-4)
+    return exact.ids
+
+
 def build(x, metric="ip", **settings):
     settings.setdefault("partitions", 32)
     index = PartitionedIndex(x.shape[1], metric=metric, settings=PartitionSettings(**settings))
@@ -51,13 +62,7 @@ def test_all_partitions_with_rerank_reach_high_recall(metric, codes):
     x, q = data()
     index = build(x, metric, codes=codes)
     assert index.is_trained and len(index) == x.shape[0]
-    expected = truth(x, q, 10, metric)
-    result = index.search(q, 10, probe=32)
-    assert recall(result.ids, expected) >= 0.99
-    # Reported scores are exact for the returned ids (re-ranked in fp32).
-    exact = search(q, x, 10, metric=metric, recall_target=1.0)
-    hit = result.ids == exact.ids
-    torch.testing.assert_close(result.scores[hit], exact.scores[hit], rtol=1e-4, atol=1e-4)
+    check_recall_and_exact_scores(index, x, q, metric, probe=32)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -439,12 +444,7 @@ def test_projected_first_pass_keeps_recall_and_exact_scores(metric, codes, scan_
     index = build(x, metric, partitions=16, codes=codes, scan_dims=scan_dims)
     assert index._scan_width < x.shape[1]  # rows are stored narrower than they are
     assert index._lists.codes.shape[2] == index._scan_width
-    expected = truth(x, q, 10, metric)
-    result = index.search(q, 10, probe=16)
-    assert recall(result.ids, expected) >= 0.99
-    exact = search(q, x, 10, metric=metric, recall_target=1.0)
-    hit = result.ids == exact.ids
-    torch.testing.assert_close(result.scores[hit], exact.scores[hit], rtol=1e-4, atol=1e-4)
+    expected = check_recall_and_exact_scores(index, x, q, metric, probe=16)
     # a narrower first pass is still re-ranked exactly, but it does find fewer true neighbours
     narrow = build(x, metric, partitions=16, codes=codes, scan_dims=2).search(q, 10, probe=16, rerank=10)
     assert recall(narrow.ids, expected) < 0.9
