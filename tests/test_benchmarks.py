@@ -73,3 +73,19 @@ def test_peer_adapters_mark_short_results_missing(name, module, setting):
     for row in ids:
         found = row[row >= 0]
         assert len(set(found.tolist())) == found.size and (row[found.size :] == -1).all()
+
+
+@pytest.mark.slow
+def test_partitioned_gpu_script_runs_on_any_device():
+    out = run("partitioned_gpu.py", "--synthetic", "3000x16", "--nq", "40", "--probes", "1,64", "--targets", "0.9,1.0", "--repeat", "1")
+    rows = {line.split("|")[1].strip() + " " + line.split("|")[2].strip(): float(line.split("|")[3]) for line in out.splitlines() if line.startswith("| flat") or line.startswith("| partitioned")}
+    assert len(rows) == 2 + 2 * 2
+    assert rows["flat Index bf16 recall_target 1.0"] == 1.0
+    assert rows["partitioned bf16 P=128 spill probe 64"] >= 0.99  # half the partitions, each row in two
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on machines without a GPU")
+@pytest.mark.parametrize("script", ["speed_gpu.py", "tune_gpu.py"])
+def test_gpu_scripts_say_what_they_need(script):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "needs a CUDA GPU" in done.stderr

@@ -55,6 +55,23 @@ def test_scan_winners_matches_reference(nq, n, d, bins, splits, dtype, masked):
     check_winners(best, rows, ref_best, ref_rows, scores, TOL[dtype] * d**0.5)
 
 
+@pytest.mark.parametrize("d", [16, 64, 100, 256])  # multiples of block_k (no mask along d) and not
+def test_scan_winners_without_bias_and_other_launch_shapes(d):
+    """bias=None scores like an all-zero bias; every launch shape gives the reference's winners."""
+    nq, n, bins = 37, 1500, 64
+    q = torch.randn(nq, d).bfloat16().to(DEVICE)
+    x = torch.randn(n, d).bfloat16().to(DEVICE)
+    zero = torch.zeros(n, device=DEVICE)
+    ref_best, ref_rows = _scan.scan_winners_reference(q, x, zero, None, bins, 2)
+    scores = q.float() @ x.float().T
+    shapes = [None, kernels.ScanConfig(16, 64, 16, 4, 2), kernels.ScanConfig(64, 32, 64, 8, 4), kernels.ScanConfig(32, 16, 128)]
+    for config in shapes:
+        best, rows = kernels.scan_winners(q, x, None, None, bins, 2, config)
+        check_winners(best, rows, ref_best, ref_rows, scores, 1e-2 * d**0.5)
+    with pytest.raises(ValueError, match="must divide bins"):
+        kernels.scan_winners(q, x, None, None, 48, 1, kernels.ScanConfig(16, 32, 16))
+
+
 def test_scan_winners_rejects_mismatched_inputs():
     q = torch.randn(2, 8, device=DEVICE)
     with pytest.raises(ValueError, match="share d"):

@@ -83,6 +83,6 @@ class SearchResult:
             raise ValueError(
                 f"expected must have shape [{self.ids.shape[0]}, >={k}], got {tuple(expected.shape)}"
             )
-        truth = expected[:, :k].to(torch.int64)
+        truth = expected[:, :k].to(device=self.ids.device, dtype=torch.int64)
         hits = (self.ids.unsqueeze(2) == truth.unsqueeze(1)) & (self.ids.unsqueeze(2) >= 0)
         return float(hits.any(2).sum()) / float(truth.numel())

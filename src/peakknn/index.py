@@ -301,8 +301,9 @@ class _IndexTable:
         return self.index._vectors.index_select(0, slots.reshape(-1)).view(*slots.shape, self.index._vectors.shape[1])
 
     def bias(self, start: int, stop: int) -> torch.Tensor:
-        idx = torch.arange(start, stop, device=self.device)
-        return self.index._bias[self._slots(idx)]
+        if self.subset is None:
+            return self.index._bias[start:stop]
+        return self.index._bias[self.subset[start:stop]]
 
     def alive(self, rows: torch.Tensor) -> torch.Tensor:
         alive = self.index._slot_ids[self._slots(rows)] >= 0

@@ -121,7 +121,7 @@ def run_search(
     if plan is None:
         block = _scan.query_block(_scan.CHUNK_COLUMNS, 8, max_memory)
     elif fused:
-        block = _scan.query_block(plan.bins * 16, 4, max_memory)  # winners of up to 16 slices
+        block = _scan.query_block(plan.bins * 16, 4, max_memory, _scan.KERNEL_QUERY_BLOCK)  # winners of up to 16 slices
         operands = _scan.kernel_operands(table)
     else:
         block = _scan.query_block(plan.chunk, table.scan_dtype.itemsize, max_memory, most)

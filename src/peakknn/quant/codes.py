@@ -175,7 +175,7 @@ class ProductQuantizer:
         blocks = d // block_dims
         r = residuals.to(torch.float32).view(n, blocks, block_dims)
         g = torch.Generator().manual_seed(seed)
-        centres = r[torch.randperm(n, generator=g)[:CENTRES]].transpose(0, 1).contiguous()  # [B, 16, bd]
+        centres = r[torch.randperm(n, generator=g)[:CENTRES].to(r.device)].transpose(0, 1).contiguous()  # [B, 16, bd]
         for _ in range(iters):  # plain k-means in every block at once
             codes = _nearest(r, centres)
             centres = _block_means(r, codes, centres)
@@ -199,7 +199,7 @@ class ProductQuantizer:
             else:
                 codes = _nearest(r, self.centres)
             out.append(pack(codes))
-        return torch.cat(out) if out else torch.empty(0, self.code_width, dtype=torch.uint8)
+        return torch.cat(out) if out else torch.empty(0, self.code_width, dtype=torch.uint8, device=self.centres.device)
 
     def decode(self, packed: torch.Tensor) -> torch.Tensor:
         """f32[n, d] reconstruction of packed codes."""
@@ -229,7 +229,7 @@ class ProductQuantizer:
     def _encode_blocks(self, r: torch.Tensor, u: torch.Tensor, eta: float) -> torch.Tensor:
         """Coordinate descent on the anisotropic loss. r, u: f32[n, B, bd] -> codes i64[n, B]."""
         codes = _nearest(r, self.centres)
-        err = r - self.centres[torch.arange(self.blocks), codes]  # [n, B, bd] residual of x - x~
+        err = r - self.centres[torch.arange(self.blocks, device=r.device), codes]  # [n, B, bd] residual of x - x~
         par = (err * u).sum(dim=(1, 2))  # [n] err . u
         rows = torch.arange(r.shape[0], device=r.device)
         for _ in range(2):
@@ -280,8 +280,8 @@ def _nearest(r: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 def _block_means(r: torch.Tensor, codes: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """Mean of the rows assigned to each centre of each block; an empty centre keeps its value."""
     n, blocks, bd = r.shape
-    flat = (codes + torch.arange(blocks) * CENTRES).view(-1)
-    sums = torch.zeros(blocks * CENTRES, bd).index_add_(0, flat, r.reshape(-1, bd))
+    flat = (codes + torch.arange(blocks, device=r.device) * CENTRES).view(-1)
+    sums = torch.zeros(blocks * CENTRES, bd, device=r.device).index_add_(0, flat, r.reshape(-1, bd))
     counts = torch.bincount(flat, minlength=blocks * CENTRES).to(torch.float32).unsqueeze(1)
     means = sums / counts.clamp_min(1)
     return torch.where(counts > 0, means, old.reshape(-1, bd)).view(blocks, CENTRES, bd)
@@ -295,16 +295,17 @@ def _anisotropic_centres(r, u, codes, old, eta: float) -> torch.Tensor:
     minimised by (m I + (eta - 1) sum u_ib u_ib^T) c = sum r_ib + (eta - 1) sum a_i u_ib.
     """
     n, blocks, bd = r.shape
-    err = r - old[torch.arange(blocks), codes]
+    block = torch.arange(blocks, device=r.device)
+    err = r - old[block, codes]
     par = (err * u).sum(dim=(1, 2))  # [n]
-    a = par[:, None] + (u * old[torch.arange(blocks), codes]).sum(-1)  # [n, B]
-    flat = (codes + torch.arange(blocks) * CENTRES).view(-1)
+    a = par[:, None] + (u * old[block, codes]).sum(-1)  # [n, B]
+    flat = (codes + block * CENTRES).view(-1)
     slots = blocks * CENTRES
     uu = (u.unsqueeze(3) * u.unsqueeze(2)).reshape(-1, bd * bd)  # [n * B, bd*bd]
-    gram = torch.zeros(slots, bd * bd).index_add_(0, flat, uu).view(slots, bd, bd)
-    rhs = torch.zeros(slots, bd).index_add_(0, flat, (r + (eta - 1.0) * a.unsqueeze(2) * u).reshape(-1, bd))
+    gram = torch.zeros(slots, bd * bd, device=r.device).index_add_(0, flat, uu).view(slots, bd, bd)
+    rhs = torch.zeros(slots, bd, device=r.device).index_add_(0, flat, (r + (eta - 1.0) * a.unsqueeze(2) * u).reshape(-1, bd))
     counts = torch.bincount(flat, minlength=slots).to(torch.float32)
-    lhs = counts.view(-1, 1, 1) * torch.eye(bd) + (eta - 1.0) * gram
+    lhs = counts.view(-1, 1, 1) * torch.eye(bd, device=r.device) + (eta - 1.0) * gram
     used = counts > 0
     new = old.reshape(-1, bd).clone()
     new[used] = torch.linalg.solve(lhs[used].double(), rhs[used].double()).to(torch.float32)

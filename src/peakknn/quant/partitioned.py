@@ -698,10 +698,10 @@ class PartitionedIndex:
             raise ValueError(f"{where}: entry_rows must name every row exactly {copies} time(s)")
         bias = _array(arrays, "bias", torch.float32, (entries,), where)
         if s.codes == "int8":
-            self._codec = Int8Codes(_array(arrays, "int8_scale", torch.float32, (self._scan_width,), where))
+            self._codec = Int8Codes(_array(arrays, "int8_scale", torch.float32, (self._scan_width,), where).to(self.device))
         elif s.codes == "pq4":
             blocks = self.dim // s.block_dims
-            self._codec = ProductQuantizer(_array(arrays, "pq_centres", torch.float32, (blocks, 16, s.block_dims), where))
+            self._codec = ProductQuantizer(_array(arrays, "pq_centres", torch.float32, (blocks, 16, s.block_dims), where).to(self.device))
         tensors = [centres, bias] + list(self._codec.state().values() if self._codec else [])
         tensors += [self._projection] if self._projection is not None else []
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
