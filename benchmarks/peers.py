@@ -62,7 +62,8 @@ class PeakFlat(Method):
 
 
 class PeakPartitioned(Method):
-    """peakknn.PartitionedIndex with about 2 sqrt(n) partitions; the knob is partitions searched."""
+    """peakknn.PartitionedIndex with about 2 sqrt(n) partitions; the knob is partitions searched
+    (per query on average: adaptive probing is the index default)."""
 
     knob = "probe"
     codes, keep, spill = "bf16", True, None  # code type; keep fp32 vectors for re-ranking; spill (None = default)

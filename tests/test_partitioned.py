@@ -424,6 +424,86 @@ def test_inconsistent_saved_arrays_are_rejected(tmp_path):
         PartitionedIndex.load(tmp_path / "old")
 
 
+# ----------------------------------------------------------------- adaptive probe
+
+
+def taken_partitions(index, q, probe):
+    """i64[nq]: partitions an adaptive search takes per query, recomputed from the centres in
+    float64 (every centre whose score is within probe_gap * |q| of the query's best, at most
+    ADAPTIVE_SPREAD * probe)."""
+    c = index._centres.double()
+    qd = q.double() / (q.double().norm(dim=1, keepdim=True) if index.metric == "cos" else 1.0)
+    scores = qd @ c.T - (0.5 * (c * c).sum(1) if index.metric == "l2" else 0.0)
+    top = torch.sort(scores, dim=1, descending=True).values[:, : min(c.shape[0], partitioned.ADAPTIVE_SPREAD * probe)]
+    return ((top[:, :1] - top) <= index.probe_gap(probe) * qd.norm(dim=1, keepdim=True)).sum(1)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_probe_gap_makes_the_training_rows_average_probe_partitions(metric):
+    x, _ = data(n=900, d=16, seed=21, spread=1.0)  # n <= GAP_SAMPLE: the calibration sees every row
+    index = build(x, metric, partitions=64)
+    index.train()
+    for probe in (1, 2, 5, 12):
+        mean = float(taken_partitions(index, x, probe).double().mean())
+        # the gap is the (rows * probe)-th smallest; float64 here may drop that boundary row
+        assert probe - 1.5 / len(x) <= mean <= probe + 0.02
+    gaps = [index.probe_gap(p) for p in range(1, 64)]
+    assert gaps[0] == 0.0 and all(g >= 0 for g in gaps) and index.probe_gap(64) is None
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_adaptive_search_is_a_fixed_search_with_each_querys_own_probe(metric):
+    """Query by query, adaptive search = a fixed search with probe = the partitions it takes."""
+    x, q = data(n=3000, d=16, nq=40, seed=22, spread=1.0)
+    index = build(x, metric, partitions=48, codes="int8")
+    probe = 3
+    taken = taken_partitions(index, q, probe)
+    assert taken.min() >= 1 and taken.max() <= 2 * probe and len(set(taken.tolist())) > 1  # it does adapt
+    got = index.search(q, 10, probe=probe, adaptive=True)
+    for i in range(len(q)):
+        one = index.search(q[i : i + 1], 10, probe=int(taken[i]), adaptive=False)
+        assert torch.equal(got.ids[i], one.ids[0])
+        torch.testing.assert_close(got.scores[i], one.scores[0])
+    fixed = index.search(q, 10, probe=probe, adaptive=False)
+    assert not torch.equal(got.ids, fixed.ids)  # the setting reaches the search
+
+
+def test_adaptive_gives_more_recall_at_the_same_mean_probe():
+    x, q = data(n=8000, d=32, nq=300, seed=23, spread=1.5)
+    index = build(x, "cos", partitions=128, spill=False)
+    expected = truth(x, q, 10, "cos")
+    for probe in (2, 4):
+        mean = float(taken_partitions(index, q, probe).double().mean())
+        below, above = int(mean), int(mean) + 1  # fixed probes around the adaptive mean
+        fixed = [recall(index.search(q, 10, probe=p, adaptive=False).ids, expected) for p in (below, above)]
+        interpolated = fixed[0] + (mean - below) * (fixed[1] - fixed[0])
+        assert recall(index.search(q, 10, probe=probe).ids, expected) > interpolated
+
+
+def test_adaptive_round_trip_and_files_without_calibration(tmp_path):
+    from peakknn import io
+
+    x, q = data(n=1500, seed=24)
+    index = build(x, "l2", partitions=16)
+    index.save(tmp_path / "idx")
+    loaded = PartitionedIndex.load(tmp_path / "idx")
+    assert torch.equal(loaded.search(q, 10, probe=3).ids, index.search(q, 10, probe=3).ids)
+    assert [loaded.probe_gap(p) for p in (1, 3, 15)] == [index.probe_gap(p) for p in (1, 3, 15)]
+    manifest, arrays, _ = io.read_bundle(tmp_path / "idx", partitioned.FORMAT, partitioned.VERSION)
+    older = {name: t for name, t in arrays.items() if name != "probe_gaps"}  # written before adaptive probing
+    io.write_bundle(tmp_path / "older", manifest, older)
+    old = PartitionedIndex.load(tmp_path / "older")
+    assert torch.equal(old.search(q, 10, probe=3).ids, index.search(q, 10, probe=3, adaptive=False).ids)
+    with pytest.raises(ValueError, match="train"):
+        old.search(q, 10, probe=3, adaptive=True)
+    for bad in (torch.full((16,), float("nan")), -torch.ones(16), torch.zeros(15)):
+        io.write_bundle(tmp_path / "bad", manifest, dict(arrays, probe_gaps=bad))
+        with pytest.raises(ValueError, match="probe_gaps"):
+            PartitionedIndex.load(tmp_path / "bad")
+    with pytest.raises(TypeError, match="adaptive"):
+        SearchSettings(adaptive="yes")
+
+
 # ----------------------------------------------------------------- projected first pass (scan_dims)
 
 
