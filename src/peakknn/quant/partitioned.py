@@ -12,8 +12,9 @@ first one; a query then finds a neighbour through either partition, which needs 
 probed partitions for the same recall (candidates found twice are counted once).
 
 Pipeline of one search (a block of queries at a time):
- 1. partition scores: one matrix product queries x centres; each query probes its `probe` best
-    partitions (<q, c>; <q, c> - |c|^2/2 for L2);
+ 1. partition scores: one matrix product queries x centres; each query probes its best
+    partitions (<q, c>; <q, c> - |c|^2/2 for L2): `probe` of them, or by default (adaptive)
+    those within a calibrated score gap of its best, `probe` on average (`SearchSettings`);
  2. grouped scoring: the (query, page) pairs of the probed partitions are sorted by page; each
     run of consecutive probed pages (up to GROUP_BYTES of bf16 rows, GROUP_GAP unprobed pages
     skipped inside it) is scored by one batched bf16 matrix product
@@ -34,6 +35,7 @@ codes are trained on the residuals x - centre with the anisotropic loss at thres
 (eta = (d - 1) T^2 / (1 - T^2) for T relative to each row's norm; L2 uses eta = 1). bf16/int8
 codes are stored projected when the sample's energy sits in few directions (scan_dims="auto":
 as few dims as keep 99.5% of the sample's own top-10 among its best 20 by projected score).
+The adaptive probe's gap for every probe value is calibrated on the sample too (`probe_gap`).
 After training, new rows are assigned to the partition with the least loss (and spilled to a
 second one) and encoded on insert; removals move the partition's last row into the hole, so
 add / upsert / remove cost O(batch) and show in the next search; nothing is rebuilt.
