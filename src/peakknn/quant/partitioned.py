@@ -150,8 +150,8 @@ class SearchSettings:
 
     probe: partitions searched per query; rerank: candidates re-scored exactly in fp32
     (None = 2k for bf16/int8 codes, 10k for pq4; ignored when the index keeps no vectors);
-    adaptive (default): probe becomes a mean. Each query searches the partitions whose centre score is
-    within a gap g of its best centre's (gaps divided by |q|), at least 1 and at most
+    adaptive (default): probe becomes a mean. Each query searches the partitions whose centre
+    score is within a gap g of its best centre's (gaps divided by |q|), at least 1 and at most
     ADAPTIVE_SPREAD * probe of them, where g is set so that the training sample's rows, as
     queries, search `probe` partitions on average (`PartitionedIndex.probe_gap`). Queries near
     partition borders search more partitions, and queries deep inside one search fewer (debian:
@@ -374,9 +374,9 @@ class PartitionedIndex:
         number of partitions); rerank: candidates re-scored exactly (None = the index's
         setting); adaptive: probe is a mean over queries (see SearchSettings; None = the
         index's setting, which falls back to a fixed probe for an index loaded from a file
-        written before adaptive probing existed); allowed_ids: only these ids may be returned (ids not in the index are
-        ignored; only allowed rows of the probed partitions are searched, so a selective filter
-        may need a larger probe). Returns SearchResult with user ids; -1 (score -inf / +inf)
+        written before adaptive probing existed); allowed_ids: only these ids may be returned
+        (ids not in the index are ignored; only allowed rows of the probed partitions are
+        searched, so a selective filter may need a larger probe). Returns SearchResult with user ids; -1 (score -inf / +inf)
         where fewer than k rows were found in the probed partitions.
         """
         k = check_k(k)
