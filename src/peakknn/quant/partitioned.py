@@ -878,18 +878,22 @@ class _PagePairs:
         return table.view(self._nq, self.width)
 
 
+def _best_centres(rows: torch.Tensor, centres: torch.Tensor, metric: str, count: int):
+    """Yield (scores f32[b, count], partitions i64[b, count]) of the `count` best centres of each
+    block of ASSIGN_BLOCK rows, by rank score <x, c> (- |c|^2/2 for L2), best first."""
+    bias = rank_bias(centres, metric) if metric == "l2" else 0.0
+    for i in range(0, rows.shape[0], ASSIGN_BLOCK):
+        yield torch.topk(rows[i : i + ASSIGN_BLOCK] @ centres.T + bias, count, dim=1)
+
+
 def _probe_gaps(sample: torch.Tensor, centres: torch.Tensor, metric: str) -> torch.Tensor:
     """f32[c] adaptive-probe gaps, c = min(partitions, GAP_COLUMNS): entry p - 1 is the gap g
     for which the sample's rows, as queries, have on average p of their best
     min(c, ADAPTIVE_SPREAD * p) centres within g * |row| of their best (entries p >= c: inf)."""
-    bias = rank_bias(centres, metric) if metric == "l2" else 0.0
     c = min(centres.shape[0], GAP_COLUMNS)
-    parts = []
-    for i in range(0, sample.shape[0], ASSIGN_BLOCK):
-        rows = sample[i : i + ASSIGN_BLOCK]
-        top = torch.topk(rows @ centres.T + bias, c, dim=1).values
-        parts.append((top[:, :1] - top) / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(1e-30))
-    gaps = torch.cat(parts).cpu()  # [m, c], ascending along each row, column 0 = 0
+    top = torch.cat([values for values, _ in _best_centres(sample, centres, metric, c)])
+    gaps = (top[:, :1] - top) / torch.linalg.vector_norm(sample, dim=1, keepdim=True).clamp_min(1e-30)
+    gaps = gaps.cpu()  # [m, c], ascending along each row, column 0 = 0
     m = gaps.shape[0]
     out = torch.full((c,), float("inf"))
     for p in range(1, c):
@@ -903,10 +907,8 @@ def _by_popularity(centres: torch.Tensor, sample: torch.Tensor, metric: str, pro
     queries, `probe` partitions each). Partition ids then follow popularity, and so does the page
     layout: consecutive pages get similar numbers of queries, and the batched products that
     score runs of pages (padded to their busiest page) waste little."""
-    bias = rank_bias(centres, metric) if metric == "l2" else 0.0
     hits = torch.zeros(centres.shape[0], dtype=torch.int64)
-    for i in range(0, sample.shape[0], ASSIGN_BLOCK):
-        probed = torch.topk(sample[i : i + ASSIGN_BLOCK] @ centres.T + bias, min(probe, centres.shape[0]), dim=1).indices
+    for _, probed in _best_centres(sample, centres, metric, min(probe, centres.shape[0])):
         hits += torch.bincount(probed.reshape(-1).cpu(), minlength=centres.shape[0])
     return centres[torch.argsort(hits, descending=True, stable=True).to(centres.device)].contiguous()
 
