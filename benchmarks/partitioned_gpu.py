@@ -11,13 +11,12 @@ CPU (slowly, and the flat index then uses the torch engine).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
 import peakknn
-from peakknn.bench import default_partitions
+from peakknn import bench
 from suite import synthetic
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -29,16 +28,10 @@ def sync() -> None:
 
 
 def timed(fn, repeat: int):
-    """(last result, median seconds) of fn() after one warm-up call."""
-    out = fn()
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
+    """(last result, median seconds) of fn() after one warm-up call; searches return CPU tensors,
+    so every timed call ends synchronised."""
+    fn()
+    return bench.timed(fn, repeat)
 
 
 def main() -> None:
@@ -53,12 +46,7 @@ def main() -> None:
     ds = synthetic(args.synthetic, args.nq)
     x, q = torch.from_numpy(ds.train).to(DEVICE), torch.from_numpy(ds.test).to(DEVICE)
     n, d = x.shape
-    xn, qn = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(q, dim=1)
-    truth = torch.cat([torch.topk(qn[i : i + 1000] @ xn.T, k).indices for i in range(0, len(q), 1000)])
-
-    def recall(ids: torch.Tensor) -> float:
-        return peakknn.SearchResult(torch.zeros(ids.shape), ids).mean_recall(truth.to(ids.device))
-
+    truth = bench.torch_exact(x, q, k, "cos", block=1000)
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU"
     print(f"{ds.name}, {len(q):,} queries, k={k}, cosine, on {device_name}\n")
     print("| method | setting | recall@10 | q/s | build s |\n|---|---|---|---|---|", flush=True)
@@ -69,11 +57,11 @@ def main() -> None:
     build = time.perf_counter() - t0
     for target in (float(t) for t in args.targets.split(",")):
         res, secs = timed(lambda: flat.search(q, k, recall_target=target), args.repeat)
-        print(f"| flat Index bf16 | recall_target {target} | {recall(res.ids):.4f} | {len(q) / secs:,.0f} | {build:.1f} |", flush=True)
+        print(f"| flat Index bf16 | recall_target {target} | {res.mean_recall(truth):.4f} | {len(q) / secs:,.0f} | {build:.1f} |", flush=True)
     del flat
     for spill in (None, False):
         t0 = time.perf_counter()
-        settings = peakknn.PartitionSettings(partitions=default_partitions(n), codes="bf16", train_size=None, spill=spill)
+        settings = peakknn.PartitionSettings(partitions=bench.default_partitions(n), codes="bf16", train_size=None, spill=spill)
         index = peakknn.PartitionedIndex(d, metric="cos", settings=settings, device=DEVICE)
         index.add(x)
         index.train()
@@ -82,7 +70,7 @@ def main() -> None:
         name = f"partitioned bf16 P={settings.partitions}" + (" no spill" if spill is False else " spill")
         for probe in (int(v) for v in args.probes.split(",")):
             res, secs = timed(lambda: index.search(q, k, probe=probe), args.repeat)
-            print(f"| {name} | probe {probe} | {recall(res.ids):.4f} | {len(q) / secs:,.0f} | {build:.1f} |", flush=True)
+            print(f"| {name} | probe {probe} | {res.mean_recall(truth):.4f} | {len(q) / secs:,.0f} | {build:.1f} |", flush=True)
         del index
 
 

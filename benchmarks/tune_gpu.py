@@ -40,10 +40,10 @@ def configs(nq: int, d: int, wide: bool):
     both try one pipelined loop over (tile, depth step) when d takes several steps. (Compiler
     warp specialization, tried on an H100 with triton 3.6: no faster at 8 warps, and at 4 warps
     the compiler failed.)"""
-    ks = (64, 128) if d > 128 else (max(16, min(128, 1 << (d - 1).bit_length())),)
+    kernels = _backend.kernels()
+    ks = (64, 128) if d > 128 else (kernels.scan_config(nq, d, 128).block_k,)  # one depth step
     ms = (16, 32, 64) if nq < 64 else (64, 128)
     ns, warps, stages = ((64, 128, 256), (4, 8), (2, 3, 4)) if wide else ((64, 128), (4, 8), (3,))
-    kernels = _backend.kernels()
     for m, nn, k, w, s in itertools.product(ms, ns, ks, warps, stages):
         for flatten in (False, True) if d > k else (False,):
             yield kernels.ScanConfig(m, nn, k, w, s, flatten=flatten)
@@ -74,6 +74,8 @@ def tune_shape(nq: int, n: int, d: int, repeat: int, wide: bool) -> list[dict]:
 
 def tune_topk(rows: int, n: int, repeat: int) -> list[dict]:
     """`bin_winners` launch shapes for approx_topk on f32[rows, n] (k=10, recall_target 0.95)."""
+    import triton
+
     from peakknn.topk.plan import plan_bins
 
     kernels = _backend.kernels()
@@ -83,7 +85,7 @@ def tune_topk(rows: int, n: int, repeat: int) -> list[dict]:
     _, t_topk = cuda_time(lambda: torch.topk(x, 10), repeat)
     out = []
     for block_b, tile, warps in itertools.product((64, 128, 256), (1024, 2048, 4096), (4, 8)):
-        if block_b > triton_next_pow2(bins):
+        if block_b > triton.next_power_of_2(bins):
             continue
         best, index = kernels.bin_winners(x[:64], bins, True, block_b, tile // block_b, warps)
         ok = torch.equal(best, ref_best) and torch.equal(index, ref_index)
@@ -94,10 +96,6 @@ def tune_topk(rows: int, n: int, repeat: int) -> list[dict]:
     del x
     torch.cuda.empty_cache()
     return out
-
-
-def triton_next_pow2(v: int) -> int:
-    return 1 << max(0, (v - 1).bit_length())
 
 
 def best_table(results: list[dict], gpu: str) -> str:

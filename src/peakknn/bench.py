@@ -55,7 +55,8 @@ def _progress(iterable, desc: str, total: int | None = None):
 
 
 def torch_exact(train: torch.Tensor, test: torch.Tensor, k: int, metric: str, block: int = 64) -> np.ndarray:
-    """The PyTorch user's exact search: matmul + topk over query blocks. i64[nq, k] ids."""
+    """The PyTorch user's exact search: matmul + topk over query blocks (on the tensors' device).
+    i64[nq, k] ids."""
     x, q = train, test
     if metric == "cos":
         x = torch.nn.functional.normalize(x, dim=1)
@@ -67,7 +68,7 @@ def torch_exact(train: torch.Tensor, test: torch.Tensor, k: int, metric: str, bl
         if half_norms is not None:
             s -= half_norms
         out.append(torch.topk(s, k, dim=1).indices)
-    return torch.cat(out).numpy()
+    return torch.cat(out).cpu().numpy()
 
 
 def timed(fn, repeat: int):
