@@ -6,12 +6,13 @@
     index = peakknn.Index(128, metric="cos"); index.add(vectors); index.search(queries, 10)
     big = peakknn.PartitionedIndex(128, settings=peakknn.PartitionSettings(codes="pq4")); big.add(vectors)
 
-Importing peakknn starts no CUDA and loads no optional dependency.
+Importing peakknn starts no CUDA and loads no optional dependency. The layers, and where each
+piece lives, are described in docs/ARCHITECTURE.md.
 """
 
 from ._types import SearchResult
 from .index import Index
-from .quant import PartitionedIndex, PartitionSettings, SearchSettings
+from .partitioned import PartitionedIndex, PartitionSettings, SearchSettings
 from .search import search
 from .topk import approx_topk, bins_for_recall, expected_recall
 

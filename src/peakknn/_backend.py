@@ -5,7 +5,7 @@ otherwise. backend="triton" forces the kernels: on CUDA tensors, or on CPU tenso
 Triton's interpreter (environment variable TRITON_INTERPRET=1 set before triton is imported),
 which is how CI checks the kernels without a GPU. backend="torch" forces the torch engine.
 
-Nothing here imports triton; `kernels()` loads peakknn._triton_kernels on first use.
+Nothing here imports triton; the kernels in peakknn.kernels are imported where they run.
 """
 
 from __future__ import annotations
@@ -43,9 +43,3 @@ def resolve(backend: str, device: torch.device) -> str:
         return "triton"
     raise ValueError(f"backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {device}")
 
-
-def kernels():
-    """The Triton kernel module (imported lazily: it imports triton)."""
-    from . import _triton_kernels
-
-    return _triton_kernels

@@ -38,16 +38,39 @@ def as_matrix(name: str, value, dim: int | None = None, *, allow_1d: bool = True
     return value
 
 
+def check_int(name: str, value, low: int = 1, high: int | None = None, *, type_error: type = TypeError) -> int:
+    """`value` as an int in [low, high]; raises `type_error` for a non-integer (bools included)
+    and ValueError for one out of range, naming `name` and the value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if type_error is TypeError:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise type_error(f"{name} must be an int >= {low}, got {value!r}")
+    value = int(value)
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}" if low != 1 else f"{name} must be positive, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def positive_int(name: str, value) -> int:
+    """A setting that must be an int >= 1 (ValueError for anything else, as settings always did)."""
+    return check_int(name, value, 1, type_error=ValueError)
+
+
+def ceil_div(a: int, b: int) -> int:
+    """ceil(a / b) for integers, b > 0."""
+    return -(-a // b)
+
+
+def round_up(a: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= a."""
+    return ceil_div(a, multiple) * multiple
+
+
 def check_k(k, limit: int | None = None) -> int:
     """k must be an int >= 1 (and <= limit when given)."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    k = int(k)
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    if limit is not None and k > limit:
-        raise ValueError(f"k must be <= {limit}, got {k}")
-    return k
+    return check_int("k", k, 1, limit)
 
 
 def check_recall_target(recall_target) -> float:
@@ -60,11 +83,7 @@ def check_recall_target(recall_target) -> float:
 
 
 def check_per_bin(per_bin) -> int:
-    if isinstance(per_bin, bool) or not isinstance(per_bin, numbers.Integral):
-        raise TypeError(f"per_bin must be an int, got {type(per_bin).__name__}")
-    if per_bin < 1:
-        raise ValueError(f"per_bin must be >= 1, got {per_bin}")
-    return int(per_bin)
+    return check_int("per_bin", per_bin)
 
 
 def as_ids(name: str, value, count: int | None = None) -> np.ndarray:
@@ -96,9 +115,33 @@ def as_id_set(name: str, value) -> np.ndarray:
     return as_ids(name, np.unique(np.asarray(value)))
 
 
+def check_array(arrays: dict, name: str, dtype: torch.dtype, shape: tuple | None, where) -> torch.Tensor:
+    """arrays[name], which must exist with this dtype and shape (None: any 1-d length); raises
+    ValueError naming `where` (the file) otherwise."""
+    t = arrays.get(name)
+    if t is None:
+        raise ValueError(f"{where}: array {name!r} is missing")
+    if t.dtype != dtype or (tuple(t.shape) != tuple(shape) if shape is not None else t.ndim != 1):
+        raise ValueError(f"{where}: array {name!r} has {t.dtype}{list(t.shape)}, expected {dtype}{list(shape or ['?'])}")
+    return t
+
+
 def all_finite(x: torch.Tensor) -> bool:
     """True when every entry is finite. A finite sum proves it in one cheap pass (NaN and inf
     propagate through it); only a sum that overflows needs the slow element-wise check."""
     if bool(torch.isfinite(x.sum())):
         return True
     return bool(torch.isfinite(x).all())
+
+
+def renamed(old: str, old_value, new: str, new_value, default=None):
+    """The value of keyword `new`, taking a value passed under its former name `old` with a
+    DeprecationWarning (one version of grace); both at once is a TypeError."""
+    if old_value is None:
+        return new_value
+    if new_value is not default:
+        raise TypeError(f"pass {new}= only ({old}= is its former name)")
+    import warnings
+
+    warnings.warn(f"{old}= is now called {new}=; {old}= will be removed in the next version", DeprecationWarning, stacklevel=3)
+    return old_value

@@ -37,9 +37,18 @@ class IdMap:
             hit = self._keys[pos] == ids
             out[hit] = self._values[pos[hit]]
         if self._recent:
-            for i, key in enumerate(ids.tolist()):
-                if key in self._recent:
-                    out[i] = self._recent[key]
+            if ids.size <= len(self._recent):
+                for i, key in enumerate(ids.tolist()):
+                    if key in self._recent:
+                        out[i] = self._recent[key]
+            else:  # many ids: one vectorised search of the recent changes instead of a loop over ids
+                keys = np.fromiter(self._recent.keys(), dtype=np.int64, count=len(self._recent))
+                values = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
+                order = np.argsort(keys)
+                keys, values = keys[order], values[order]
+                pos = np.searchsorted(keys, ids).clip(max=keys.size - 1)
+                hit = keys[pos] == ids
+                out[hit] = values[pos[hit]]
         return out
 
     def set(self, ids: np.ndarray, values: np.ndarray) -> None:
@@ -69,6 +78,11 @@ class IdMap:
             values = np.concatenate([recent_values[keep], values])
             self._recent = {}
         if not ids.size:
+            return
+        if (not self._keys.size or ids.min() > self._keys[-1]) and (ids.size < 2 or bool((np.diff(ids) > 0).all())):
+            live = values >= 0  # appending ascending new ids (the common bulk add): no sort needed
+            self._keys = np.concatenate([self._keys, ids[live]])
+            self._values = np.concatenate([self._values, values[live]])
             return
         stale = np.isin(self._keys, ids)
         keys = np.concatenate([self._keys[~stale], ids])

@@ -31,14 +31,14 @@ _PRECISIONS = {
 }
 
 
-def check_metric(metric: str) -> str:
+def check_metric(metric: MetricLike) -> MetricLike:
     """Return `metric` if it is one of "ip", "l2", "cos"; raise ValueError otherwise."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return metric
 
 
-def scan_dtype(precision: Union[str, torch.dtype]) -> torch.dtype:
+def scan_dtype(precision: Union[PrecisionLike, torch.dtype]) -> torch.dtype:
     """Map a precision name ("fp32"/"bf16") or torch dtype to the dtype scores are computed in."""
     if isinstance(precision, torch.dtype):
         if precision in (torch.float32, torch.bfloat16):
@@ -51,6 +51,12 @@ def scan_dtype(precision: Union[str, torch.dtype]) -> torch.dtype:
 
 def precision_name(dtype: torch.dtype) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def default_rerank(k: int, scan_dtype: torch.dtype) -> int:
+    """Candidates re-scored exactly per query when the caller does not say: k for fp32, 2k for
+    bf16/fp16 (lower-precision scores can misorder near-ties, which the fp32 re-score undoes)."""
+    return k if scan_dtype == torch.float32 else 2 * k
 
 
 def is_distance(metric: str) -> bool:
@@ -76,13 +82,8 @@ class SearchResult:
         yield self.ids
 
     def mean_recall(self, expected: VectorsLike) -> float:
-        """Mean over queries of |ids[q] ∩ expected[q, :k]| / k, for i64[nq, >=k] true neighbours."""
-        expected = torch.as_tensor(expected)
-        k = self.ids.shape[1]
-        if expected.ndim != 2 or expected.shape[0] != self.ids.shape[0] or expected.shape[1] < k:
-            raise ValueError(
-                f"expected must have shape [{self.ids.shape[0]}, >={k}], got {tuple(expected.shape)}"
-            )
-        truth = expected[:, :k].to(device=self.ids.device, dtype=torch.int64)
-        hits = (self.ids.unsqueeze(2) == truth.unsqueeze(1)) & (self.ids.unsqueeze(2) >= 0)
-        return float(hits.any(2).sum()) / float(truth.numel())
+        """Mean over queries of |ids[q] ∩ expected[q, :k]| / k, for i64[nq, >=k] true neighbours
+        (`peakknn.evaluation.recall`)."""
+        from .evaluation import recall
+
+        return recall(self.ids, expected)

@@ -1,7 +1,7 @@
 """`peakknn bench`: recall, queries/s, build time and memory of peakknn next to its peers.
 
 Every method answers the same queries in the same process; recall is computed by
-`data.recall_at_k` (ties allowed) against the file's ground truth, or against an exact fp32
+`evaluation.recall_at_k` (ties allowed) against the file's ground truth, or against an exact fp32
 torch search for synthetic data. Times are medians over `repeat` runs of the whole query batch.
 
 `--partitioned 4,8,16,32` adds a PartitionedIndex (peakknn.quant) searched with each number of
@@ -17,14 +17,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import statistics
 import time
 
 import numpy as np
 import torch
 
 from . import perfmodel
-from .data import Dataset, load_hdf5, recall_at_k, synthetic
+from ._checks import ceil_div
+from .data import Dataset, load_hdf5, synthetic
+from .evaluation import exact_search, recall_at_k, timed
 from .index import Index
 
 LOG = logging.getLogger(__name__)
@@ -54,33 +55,6 @@ def _progress(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
-def torch_exact(train: torch.Tensor, test: torch.Tensor, k: int, metric: str, block: int = 64) -> np.ndarray:
-    """The PyTorch user's exact search: matmul + topk over query blocks (on the tensors' device).
-    i64[nq, k] ids."""
-    x, q = train, test
-    if metric == "cos":
-        x = torch.nn.functional.normalize(x, dim=1)
-        q = torch.nn.functional.normalize(q, dim=1)
-    half_norms = 0.5 * (x * x).sum(1) if metric == "l2" else None
-    out = []
-    for i in _progress(range(0, q.shape[0], block), "torch exact", -(-q.shape[0] // block)):
-        s = q[i : i + block] @ x.T
-        if half_norms is not None:
-            s -= half_norms
-        out.append(torch.topk(s, k, dim=1).indices)
-    return torch.cat(out).cpu().numpy()
-
-
-def timed(fn, repeat: int):
-    """(last result, median seconds) of `repeat` calls of fn."""
-    times, result = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return result, statistics.median(times)
-
-
 def run_bench(
     ds: Dataset,
     *,
@@ -102,7 +76,7 @@ def run_bench(
     neighbors = ds.neighbors
     exact_ids, exact_s = None, None
     if peers or neighbors is None:
-        exact_ids, exact_s = timed(lambda: torch_exact(train_t, test_t, k, ds.metric), 1)
+        exact_ids, exact_s = timed(lambda: exact_search(train_t, test_t, k, ds.metric, progress=lambda it: _progress(it, "torch exact", len(it))), 1)
         if neighbors is None:
             neighbors = exact_ids
 
@@ -110,9 +84,9 @@ def run_bench(
         return recall_at_k(np.asarray(ids), neighbors, ds.train, ds.test, ds.metric)
 
     t0 = time.perf_counter()
-    index = Index(d, metric=ds.metric, dtype=precision)
+    index = Index(d, metric=ds.metric, precision=precision)
     step = max(1, n // 20)
-    for i in _progress(range(0, n, step), "peakknn build", -(-n // step)):
+    for i in _progress(range(0, n, step), "peakknn build", ceil_div(n, step)):
         index.add(train_t[i : i + step])
     build = time.perf_counter() - t0
     index.search(test_t[: min(nq, 8)], k, recall_target=recall_target)  # warm-up
@@ -141,7 +115,7 @@ def default_partitions(n: int) -> int:
 
 def partitioned_rows(ds: Dataset, k: int, probes: list[int], codes: str, partitions: int | None, repeat: int, recall) -> list[Row]:
     """One Row per number of partitions searched (the recall / queries-per-second curve)."""
-    from .quant import PartitionedIndex, PartitionSettings
+    from .partitioned import PartitionedIndex, PartitionSettings
 
     n, d = ds.train.shape
     test_t = torch.from_numpy(ds.test)

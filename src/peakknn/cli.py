@@ -76,7 +76,7 @@ def _build(args) -> int:
 
             with _h5py().File(args.vectors, "r") as f:
                 metric = HDF5_METRICS.get(str(f.attrs.get("distance", "dot")), "ip")
-    index = Index(vectors.shape[1], metric=metric, dtype=args.precision)
+    index = Index(vectors.shape[1], metric=metric, precision=args.precision)
     index.add(vectors)
     index.save(args.out)
     print(f"built {index!r} -> {args.out}")

@@ -1,5 +1,5 @@
-"""Data for benchmarks and the command line: ann-benchmarks HDF5 files, .npy files, synthetic sets,
-and recall measured the same way for every method."""
+"""Data for benchmarks and the command line: ann-benchmarks HDF5 files, .npy files and synthetic
+sets (recall is measured by peakknn.evaluation)."""
 
 from __future__ import annotations
 
@@ -107,30 +107,3 @@ def clustered(
         return out
 
     return Dataset(name=f"clustered-{n}x{d}", train=draw(n), test=draw(nq), neighbors=None, metric="cos")
-
-
-def exact_scores(train: np.ndarray, test: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
-    """f64[nq, m] rank scores (larger is better) of rows `ids` (i64[nq, m], -1 allowed: -inf)."""
-    x = train[np.clip(ids, 0, None)].astype(np.float64)  # [nq, m, d]
-    q = test.astype(np.float64)[:, None, :]
-    if metric == "cos":
-        x = x / np.linalg.norm(x, axis=2, keepdims=True)
-        q = q / np.linalg.norm(q, axis=2, keepdims=True)
-    s = -((x - q) ** 2).sum(2) if metric == "l2" else (x * q).sum(2)
-    return np.where(ids >= 0, s, -np.inf)
-
-
-def recall_at_k(ids: np.ndarray, neighbors: np.ndarray, train: np.ndarray, test: np.ndarray, metric: str) -> float:
-    """Mean recall@k allowing ties: a returned id counts when it is one of the true k nearest,
-    or scores (in float64) at least as well as the k-th true neighbour, up to 1e-6 relative."""
-    k = ids.shape[1]
-    truth = neighbors[:, :k]
-    kth = exact_scores(train, test, truth[:, -1:], metric)  # [nq, 1]
-    got = exact_scores(train, test, ids, metric)
-    tol = 1e-6 * np.maximum(1.0, np.abs(kth))
-    hit = (got >= kth - tol) | (ids[:, :, None] == truth[:, None, :]).any(2)
-    hit &= ids >= 0
-    unique = np.array([len(set(row[row >= 0].tolist())) == (row >= 0).sum() for row in ids])
-    if not unique.all():
-        raise ValueError("a method returned the same id twice for one query")
-    return float(hit.sum()) / float(ids.size)

@@ -1,107 +1,116 @@
 """Index: vectors with int64 ids, instant add / upsert / remove, filtered search, save / load.
 
-    index = Index(128, metric="ip")           # dtype "bf16" scans in bfloat16, re-scores in fp32
+    index = Index(128, metric="ip")           # precision "bf16" scans in bfloat16, re-scores in fp32
     ids = index.add(vectors)                  # f32[m, 128] -> i64[m] new ids 0, 1, ...
     index.upsert(vectors2, ids=[3, 1000])     # replace id 3, insert id 1000
     index.remove([5])
     result = index.search(queries, k=10, allowed_ids=subset)
     index.save("my.index"); index = Index.load("my.index")
 
-Storage: rows live in "slots" of preallocated arrays (fp32 vectors, scan rows [x, bias, 0...]
-in the scan dtype, slot -> id) whose capacity doubles when full, so adds copy nothing but the
-new rows, and removes only mark the slot dead (bias -inf, so it can never score) and recycle it.
+Storage: rows live in slots of preallocated arrays (fp32 vectors, scan rows [x, bias, 0...]
+in the scan dtype, and the `SlotStore`'s slot -> id) whose capacity doubles when full, so adds
+copy nothing but the new rows, and removes only mark the slot dead (bias -inf, so it can never
+score) and recycle it.
 
 Recall guarantee and storage order: search bins are strided over slots (slot j -> bin j mod L).
-New rows are not placed in arrival order but in a seeded random order inside blocks of
-PLACEMENT_BLOCK slots, so whatever order rows arrive in (sorted, clustered, adversarially
-periodic) their bins are random and the expected recall bound of `bins_for_recall` holds.
+New rows are placed in a seeded random order inside blocks of slots (`SlotStore` with a
+placement seed), so whatever order rows arrive in (sorted, clustered, adversarially periodic)
+their bins are random and the expected recall bound of `bins_for_recall` holds.
+
+Saved format "peakknn.index" version 1 (a `peakknn.io` bundle): manifest fields dim, metric,
+dtype (the precision's name), recall_target, seed, capacity, high, blocks, next_id, count;
+arrays vectors f32[count, dim], slots i64[count], ids i64[count], free i64[f].
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import _backend, _scan
-from ._checks import as_id_set, as_ids, as_matrix, check_k, check_recall_target
-from ._types import SearchResult, check_metric, precision_name, scan_dtype
-from .search import finish, normalize_rows, rank_bias, run_search, scan_width
+from . import _backend
+from ._checks import as_id_set, as_ids, as_matrix, check_array, check_int, check_k, check_recall_target, positive_int, renamed
+from ._slots import SlotStore
+from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, precision_name, scan_dtype
+from .engine.driver import run_search
+from .engine.plan import DEFAULT_MEMORY
+from .engine.rescore import finish
+from .engine.table import normalize_rows, rank_bias, scan_row_width
 
-INITIAL_CAPACITY = 1024
-PLACEMENT_BLOCK = 16384  # rows are placed at random inside blocks of this many slots
+FORMAT = "peakknn.index"
+VERSION = 1
 
 
 class Index:
     """A brute-force k-NN index (see module docstring).
 
     dim: vector dimension; metric: "ip" | "l2" | "cos" (cosine stores unit vectors);
-    dtype: "bf16" (default; scan in bfloat16, exact fp32 re-scoring) or "fp32";
-    device: where the arrays live ("cpu" or a CUDA device); recall_target: default for search;
-    seed: seeds slot placement (results are reproducible for a given seed and history).
+    precision: "bf16" (default; scan in bfloat16, exact fp32 re-scoring) or "fp32" (the former
+    keyword `dtype` still works, with a DeprecationWarning); device: where the arrays live ("cpu"
+    or a CUDA device); recall_target: default for search; seed: seeds slot placement (results are
+    reproducible for a given seed and history).
     """
 
     def __init__(
         self,
         dim: int,
         *,
-        metric: str = "ip",
-        dtype: str | torch.dtype = "bf16",
+        metric: MetricLike = "ip",
+        precision: PrecisionLike | torch.dtype = "bf16",
         device: str | torch.device = "cpu",
         recall_target: float = 0.95,
         seed: int = 0,
+        dtype: PrecisionLike | torch.dtype | None = None,
     ):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        self.dim = int(dim)
+        precision = renamed("dtype", dtype, "precision", precision, default="bf16")
+        self.dim = positive_int("dim", dim)
         self.metric = check_metric(metric)
-        self.scan_dtype = scan_dtype(dtype)
+        self.scan_dtype = scan_dtype(precision)
         self.device = torch.device(device)
         self.recall_target = check_recall_target(recall_target)
         self.seed = int(seed)
-        self._capacity = 0
+        self._slots = SlotStore(self.device, placement_seed=self.seed)
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
-        self._scan_rows = torch.empty(0, scan_width(self.dim), dtype=self.scan_dtype, device=self.device)
+        self._scan_rows = torch.empty(0, scan_row_width(self.dim), dtype=self.scan_dtype, device=self.device)
         self._bias = torch.empty(0, dtype=torch.float32, device=self.device)
-        self._slot_ids = torch.empty(0, dtype=torch.int64, device=self.device)  # -1 = free
-        self._id_to_slot: dict[int, int] = {}
-        self._free = np.empty(0, dtype=np.int64)  # stack of free slots, next one last
-        self._blocks = 0  # placement blocks generated so far (seeds the next permutation)
-        self._high = 0  # 1 + highest slot ever used: the scan covers slots [0, _high)
-        self._next_id = 0
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
-        return len(self._id_to_slot)
+        return len(self._slots)
 
     def __contains__(self, id_) -> bool:
-        return int(id_) in self._id_to_slot
+        return bool(self._slots.lookup(np.array([int(id_)]))[0] >= 0)
 
     def __repr__(self) -> str:
         return (
-            f"Index(dim={self.dim}, metric={self.metric!r}, dtype={precision_name(self.scan_dtype)!r}, "
-            f"device={str(self.device)!r}, size={len(self)}, capacity={self._capacity})"
+            f"Index(dim={self.dim}, metric={self.metric!r}, precision={self.precision!r}, "
+            f"device={str(self.device)!r}, size={len(self)}, capacity={self._slots.capacity})"
         )
+
+    @property
+    def precision(self) -> str:
+        """"bf16" or "fp32": the precision of the first scan (results are re-scored in fp32)."""
+        return precision_name(self.scan_dtype)
 
     @property
     def ids(self) -> torch.Tensor:
         """i64[len] ids currently stored, ascending."""
-        return torch.tensor(sorted(self._id_to_slot), dtype=torch.int64)
+        return torch.from_numpy(self._slots.ids())
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held by the index's arrays (capacity included)."""
-        tensors = (self._vectors, self._scan_rows, self._bias, self._slot_ids)
-        return sum(t.numel() * t.element_size() for t in tensors) + self._free.nbytes
+        """Bytes held by the index's arrays (capacity included) and its id bookkeeping."""
+        tensors = (self._vectors, self._scan_rows, self._bias)
+        return sum(t.numel() * t.element_size() for t in tensors) + self._slots.nbytes
 
     # ----------------------------------------------------------------- updates
     def reserve(self, capacity: int) -> None:
         """Allocate room for `capacity` rows now (no doubling later while adds stay within it)."""
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 0:
-            raise ValueError(f"capacity must be a non-negative int, got {capacity!r}")
-        if capacity > self._capacity:
-            self._grow(int(capacity))
+        capacity = check_int("capacity", capacity, 0, type_error=ValueError)
+        if capacity > self._slots.capacity:
+            self._grow(capacity)
 
     def add(self, vectors, ids=None) -> torch.Tensor:
         """Insert rows f32[m, dim]; ids i64[m] (default: next free ids). Returns the ids.
@@ -110,12 +119,12 @@ class Index:
         """
         x = self._prepare(vectors)
         if ids is None:
-            new_ids = np.arange(self._next_id, self._next_id + x.shape[0], dtype=np.int64)
+            new_ids = self._slots.new_ids(x.shape[0])
         else:
             new_ids = as_ids("ids", ids, x.shape[0])
-            present = [i for i in new_ids.tolist() if i in self._id_to_slot]
-            if present:
-                raise ValueError(f"id {present[0]} is already in the index; use upsert to replace it")
+            present = new_ids[self._slots.lookup(new_ids) >= 0]
+            if present.size:
+                raise ValueError(f"id {int(present[0])} is already in the index; use upsert to replace it")
         self._write(self._take_slots(x.shape[0]), new_ids, x)
         return torch.from_numpy(new_ids)
 
@@ -123,10 +132,10 @@ class Index:
         """Insert or replace rows: ids already present get the new vectors, others are added."""
         x = self._prepare(vectors)
         new_ids = as_ids("ids", ids, x.shape[0])
-        existing = np.array([i in self._id_to_slot for i in new_ids.tolist()], dtype=bool)
+        slots = self._slots.lookup(new_ids)
+        existing = slots >= 0
         if existing.any():
-            slots = np.array([self._id_to_slot[i] for i in new_ids[existing].tolist()], dtype=np.int64)
-            self._write(slots, new_ids[existing], x[torch.from_numpy(existing).to(x.device)])
+            self._write(slots[existing], new_ids[existing], x[torch.from_numpy(existing).to(x.device)])
         if (~existing).any():
             fresh = torch.from_numpy(~existing).to(x.device)
             self._write(self._take_slots(int((~existing).sum())), new_ids[~existing], x[fresh])
@@ -135,26 +144,22 @@ class Index:
     def remove(self, ids) -> None:
         """Delete ids. Unknown ids raise ValueError and nothing is removed."""
         gone = as_ids("ids", ids)
-        missing = [i for i in gone.tolist() if i not in self._id_to_slot]
-        if missing:
-            raise ValueError(f"id {missing[0]} is not in the index (nothing was removed)")
-        slots = np.array([self._id_to_slot.pop(i) for i in gone.tolist()], dtype=np.int64)
-        t = torch.from_numpy(slots).to(self.device)
+        missing = gone[self._slots.lookup(gone) < 0]
+        if missing.size:
+            raise ValueError(f"id {int(missing[0])} is not in the index (nothing was removed)")
+        t = torch.from_numpy(self._slots.release(gone)).to(self.device)
         self._vectors[t] = 0.0
         self._scan_rows[t] = 0.0
         self._scan_rows[t, self.dim] = float("-inf")
         self._bias[t] = float("-inf")
-        self._slot_ids[t] = -1
-        self._free = np.concatenate([self._free, slots[::-1]])
 
     def get(self, ids) -> torch.Tensor:
         """f32[m, dim] stored vectors of ids (unit vectors for cosine); unknown ids raise ValueError."""
         wanted = as_ids("ids", ids)
-        missing = [i for i in wanted.tolist() if i not in self._id_to_slot]
-        if missing:
-            raise ValueError(f"id {missing[0]} is not in the index")
-        slots = torch.tensor([self._id_to_slot[i] for i in wanted.tolist()], dtype=torch.int64, device=self.device)
-        return self._vectors[slots].clone()
+        slots = self._slots.lookup(wanted)
+        if (slots < 0).any():
+            raise ValueError(f"id {int(wanted[slots < 0][0])} is not in the index")
+        return self._vectors[torch.from_numpy(slots).to(self.device)].clone()
 
     # ----------------------------------------------------------------- search
     def search(
@@ -164,17 +169,21 @@ class Index:
         *,
         recall_target: float | None = None,
         allowed_ids=None,
-        candidates: int | None = None,
-        max_memory: int = _scan.DEFAULT_MEMORY,
+        rerank: int | None = None,
+        max_memory: int = DEFAULT_MEMORY,
         backend: str = "auto",
+        candidates: int | None = None,
     ) -> SearchResult:
         """k nearest stored vectors of each query f32[nq, dim] (or [dim]).
 
         recall_target: None = the index's setting; 1.0 = exact. allowed_ids: only these ids may
-        be returned (ids not in the index are ignored). backend: "auto" (fused Triton kernel on
-        CUDA when triton is installed), "torch" or "triton" (see `peakknn.search`). Returns
-        SearchResult with user ids, -1 (and -inf / +inf scores) where fewer than k rows qualify.
+        be returned (ids not in the index are ignored). rerank: bin winners re-scored exactly
+        (default k for fp32, 2k for bf16; former name `candidates`). backend: "auto" (fused
+        Triton kernel on CUDA when triton is installed), "torch" or "triton" (see
+        `peakknn.search`). Returns SearchResult on the CPU with user ids, -1 (and -inf / +inf
+        scores) where fewer than k rows qualify.
         """
+        rerank = renamed("candidates", candidates, "rerank", rerank)
         k = check_k(k)
         target = self.recall_target if recall_target is None else check_recall_target(recall_target)
         if len(self) == 0:
@@ -186,32 +195,62 @@ class Index:
         if allowed_ids is None:
             table = _IndexTable(self)
         else:
-            allowed = as_id_set("allowed_ids", allowed_ids)
-            slots = sorted(self._id_to_slot[i] for i in allowed.tolist() if i in self._id_to_slot)
-            slots = torch.tensor(slots, dtype=torch.int64, device=self.device)
+            slots = self._slots.lookup(as_id_set("allowed_ids", allowed_ids))
+            slots = torch.from_numpy(np.sort(slots[slots >= 0])).to(self.device)
             if backend == "triton":  # the kernel masks rows in place: no copy of the subset
-                mask = torch.zeros(self._high, dtype=torch.bool, device=self.device)
+                mask = torch.zeros(self._slots.high, dtype=torch.bool, device=self.device)
                 mask[slots] = True
                 table = _IndexTable(self, mask=mask)
             else:
                 table = _IndexTable(self, subset=slots)
-        rank, rows = run_search(table, q.contiguous(), k, self.metric, target, candidates, max_memory, backend)
+        rank, rows = run_search(table, q.contiguous(), k, self.metric, target, rerank, max_memory, backend)
         result = finish(rank, table.ids_of(rows), self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to directory `path` atomically (see peakknn.io)."""
-        from .io import save_index
+        """Write the index to directory `path` atomically (a `peakknn.io` bundle, never pickle)."""
+        from .io import write_bundle
 
-        save_index(self, path)
+        slots = torch.from_numpy(self._slots.live_slots())
+        dev_slots = slots.to(self.device)
+        arrays = {
+            "vectors": self._vectors[dev_slots].cpu().contiguous(),
+            "slots": slots,
+            "ids": self._slots.slot_ids[dev_slots].cpu().contiguous(),
+            "free": torch.from_numpy(self._slots.free.copy()),
+        }
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dim": self.dim,
+            "metric": self.metric,
+            "dtype": self.precision,
+            "recall_target": self.recall_target,
+            "seed": self.seed,
+            "capacity": self._slots.capacity,
+            "high": self._slots.high,
+            "blocks": self._slots.blocks,
+            "next_id": self._slots.next_id,
+            "count": len(self),
+        }
+        write_bundle(path, manifest, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "Index":
         """Read an index written by `save`; corrupt or mismatched files raise ValueError."""
-        from .io import load_index
+        from .io import MANIFEST, read_bundle
 
-        return load_index(path, device=device)
+        manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION)
+        m = _manifest_fields(manifest, Path(path) / MANIFEST)
+        vectors, slots, ids, free = _saved_arrays(arrays, m, arrays_path)
+        index = cls(m["dim"], metric=m["metric"], precision=m["dtype"], device=device, recall_target=m["recall_target"], seed=m["seed"])
+        index._extend_arrays(m["capacity"])
+        index._slots.restore(m["capacity"], m["blocks"], free)
+        index._write(slots, ids, vectors.to(device))
+        index._slots.high = m["high"]
+        index._slots.next_id = m["next_id"]
+        return index
 
     # ----------------------------------------------------------------- internals
     def _prepare(self, vectors) -> torch.Tensor:
@@ -222,39 +261,22 @@ class Index:
 
     def _take_slots(self, m: int) -> np.ndarray:
         """Pop m free slots (growing capacity by doubling when short)."""
-        if m > self._free.size:
-            self._grow(max(INITIAL_CAPACITY, 2 * self._capacity, self._capacity + m - self._free.size))
-        taken = self._free[::-1][:m].copy()
-        self._free = self._free[: self._free.size - m]
-        return taken
+        capacity = self._slots.capacity_for(m)
+        if capacity > self._slots.capacity:
+            self._grow(capacity)
+        return self._slots.take(m)
 
     def _grow(self, capacity: int) -> None:
-        old = self._capacity
         self._extend_arrays(capacity)
-        new_free = []
-        for start in range(old, capacity, PLACEMENT_BLOCK):
-            stop = min(start + PLACEMENT_BLOCK, capacity)
-            rng = np.random.default_rng([self.seed, self._blocks])
-            self._blocks += 1
-            new_free.append(start + rng.permutation(stop - start))
-        # The stack pops from its end: lower blocks first, each in its permuted order.
-        order = np.concatenate(new_free)[::-1]
-        self._free = np.concatenate([order, self._free])
-
-    def _grow_to_saved(self, capacity: int, blocks: int) -> None:
-        """Allocate a loaded index's arrays; its free stack and block count come from the file."""
-        self._extend_arrays(capacity)
-        self._blocks = blocks
+        self._slots.grow(capacity)
 
     def _extend_arrays(self, capacity: int) -> None:
-        old = self._capacity
+        old = self._vectors.shape[0]
         extra = capacity - old
         self._vectors = _extend(self._vectors, extra, 0.0)
         self._scan_rows = _extend(self._scan_rows, extra, 0.0)
         self._scan_rows[old:, self.dim] = float("-inf")
         self._bias = _extend(self._bias, extra, float("-inf"))
-        self._slot_ids = _extend(self._slot_ids, extra, -1)
-        self._capacity = capacity
 
     def _write(self, slots: np.ndarray, ids: np.ndarray, x: torch.Tensor) -> None:
         t = torch.from_numpy(slots).to(self.device)
@@ -265,11 +287,7 @@ class Index:
         row[:, self.dim] = bias
         self._scan_rows[t] = row
         self._bias[t] = bias
-        self._slot_ids[t] = torch.from_numpy(ids).to(self.device)
-        self._id_to_slot.update(zip(ids.tolist(), slots.tolist()))
-        if slots.size:
-            self._high = max(self._high, int(slots.max()) + 1)
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._slots.assign(slots, ids)
 
 
 class _IndexTable:
@@ -283,8 +301,9 @@ class _IndexTable:
         self.dim = index.dim
         self.scan_dtype = index.scan_dtype
         self.device = index.device
+        self._slot_ids = index._slots.slot_ids
         if subset is None:
-            self.n = index._high
+            self.n = index._slots.high
             self._scan = index._scan_rows
         else:
             self.n = int(subset.numel())
@@ -306,11 +325,11 @@ class _IndexTable:
         return self.index._bias[self.subset[start:stop]]
 
     def alive(self, rows: torch.Tensor) -> torch.Tensor:
-        alive = self.index._slot_ids[self._slots(rows)] >= 0
+        alive = self._slot_ids[self._slots(rows)] >= 0
         return alive if self.mask is None else alive & self.mask[rows]
 
     def ids_of(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.index._slot_ids[self._slots(rows)]
+        return self._slot_ids[self._slots(rows)]
 
 
 def _extend(t: torch.Tensor, extra: int, fill: float) -> torch.Tensor:
@@ -318,3 +337,51 @@ def _extend(t: torch.Tensor, extra: int, fill: float) -> torch.Tensor:
     out[: t.shape[0]] = t
     out[t.shape[0] :] = fill
     return out
+
+
+def _manifest_fields(manifest: dict, where: Path) -> dict:
+    spec = {
+        "dim": int, "metric": str, "dtype": str, "recall_target": float, "seed": int, "capacity": int,
+        "high": int, "blocks": int, "next_id": int, "count": int, "arrays": str, "sha256": str,
+    }  # fmt: skip
+    out = {}
+    for key, kind in spec.items():
+        value = manifest.get(key)
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r}")
+        out[key] = value
+    if min(out["dim"], out["capacity"] + 1, out["high"] + 1, out["count"] + 1, out["next_id"] + 1) < 1:
+        raise ValueError(f"{where}: negative sizes in manifest")
+    if not out["count"] <= out["high"] <= out["capacity"]:
+        raise ValueError(f"{where}: inconsistent count/high/capacity {out['count']}/{out['high']}/{out['capacity']}")
+    return out
+
+
+def _saved_arrays(arrays: dict, m: dict, where: Path):
+    expected = {
+        "vectors": (torch.float32, (m["count"], m["dim"])),
+        "slots": (torch.int64, (m["count"],)),
+        "ids": (torch.int64, (m["count"],)),
+        "free": (torch.int64, None),
+    }
+    if set(arrays) != set(expected):
+        raise ValueError(f"{where}: arrays {sorted(arrays)} do not match {sorted(expected)}")
+    for name, (dtype, shape) in expected.items():
+        check_array(arrays, name, dtype, shape, where)
+    vectors = arrays["vectors"]
+    slots, ids, free = (arrays[k].numpy().astype(np.int64) for k in ("slots", "ids", "free"))
+    if vectors.numel() and not bool(torch.isfinite(vectors).all()):
+        raise ValueError(f"{where}: vectors contain NaN or inf")
+    if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
+        raise ValueError(f"{where}: ids must be unique and non-negative")
+    used = np.concatenate([slots, free])
+    if used.size and (used.min() < 0 or used.max() >= m["capacity"] or np.unique(used).size != used.size):
+        raise ValueError(f"{where}: slots must be unique and inside the capacity {m['capacity']}")
+    if slots.size and slots.max() >= m["high"]:
+        raise ValueError(f"{where}: a slot lies beyond the scanned range {m['high']}")
+    if ids.size and ids.max() >= m["next_id"]:
+        raise ValueError(f"{where}: next_id {m['next_id']} must exceed every id")
+    return vectors, slots, ids, free

@@ -1,13 +1,15 @@
-"""Saving and loading indexes: a directory with a JSON manifest and one safetensors file.
-
-`write_bundle` / `read_bundle` hold the layout, atomicity and integrity checks; `save_index` /
-`load_index` (the flat Index) and `peakknn.quant.partitioned` (format "peakknn.partitioned")
-add their own fields and array checks on top. The flat index's layout:
+"""The saved-index format shared by every index kind: a directory with a JSON manifest and one
+safetensors file (the bundle).
 
     path/
-      manifest.json                 {"format": "peakknn.index", "version": 1, settings...,
+      manifest.json                 {"format": ..., "version": ..., the index's own fields...,
                                      "arrays": "arrays-<random>.safetensors", "sha256": ...}
-      arrays-<random>.safetensors   vectors f32[m, d], slots i64[m], ids i64[m], free i64[f]
+      arrays-<random>.safetensors   the index's named arrays
+
+`write_bundle` / `read_bundle` hold the layout, atomicity and integrity checks; each index kind
+writes its own manifest fields and arrays and checks them on load (`Index` in peakknn.index,
+format "peakknn.index"; `PartitionedIndex` in peakknn.partitioned.persist, "peakknn.partitioned").
+docs/ARCHITECTURE.md lists the formats and their versions.
 
 Atomic: a save writes a new arrays file under a fresh name, fsyncs it, then replaces
 manifest.json through os.replace (atomic on POSIX), and only then deletes older arrays files.
@@ -26,39 +28,9 @@ import os
 import secrets
 from pathlib import Path
 
-import numpy as np
 import torch
 
-FORMAT = "peakknn.index"
-VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def save_index(index, path) -> None:
-    """Write `index` to directory `path` (created if needed), atomically."""
-    slots = torch.tensor(sorted(index._id_to_slot.values()), dtype=torch.int64)
-    dev_slots = slots.to(index.device)
-    arrays = {
-        "vectors": index._vectors[dev_slots].cpu().contiguous(),
-        "slots": slots,
-        "ids": index._slot_ids[dev_slots].cpu().contiguous(),
-        "free": torch.from_numpy(index._free.copy()),
-    }
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "dim": index.dim,
-        "metric": index.metric,
-        "dtype": "bf16" if index.scan_dtype == torch.bfloat16 else "fp32",
-        "recall_target": index.recall_target,
-        "seed": index.seed,
-        "capacity": index._capacity,
-        "high": index._high,
-        "blocks": index._blocks,
-        "next_id": index._next_id,
-        "count": len(index),
-    }
-    write_bundle(path, manifest, arrays)
 
 
 def write_bundle(path: Path, manifest: dict, arrays: dict[str, torch.Tensor]) -> None:
@@ -111,73 +83,6 @@ def read_bundle(path, fmt: str, version: int) -> tuple[dict, dict[str, torch.Ten
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{arrays_path} is not a valid safetensors file: {e}") from None
     return manifest, arrays, arrays_path
-
-
-def load_index(path, *, device="cpu"):
-    """Read an index saved by `save_index`; raises ValueError on anything inconsistent."""
-    from .index import Index
-
-    manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION)
-    m = _fields(manifest, Path(path) / MANIFEST)
-    vectors, slots, ids, free = _arrays(arrays, m, arrays_path)
-
-    index = Index(m["dim"], metric=m["metric"], dtype=m["dtype"], device=device, recall_target=m["recall_target"], seed=m["seed"])
-    index._grow_to_saved(m["capacity"], m["blocks"])
-    index._free = free
-    index._write(slots, ids, vectors.to(device))
-    index._high = m["high"]
-    index._next_id = m["next_id"]
-    return index
-
-
-def _fields(manifest: dict, where: Path) -> dict:
-    spec = {
-        "dim": int, "metric": str, "dtype": str, "recall_target": float, "seed": int, "capacity": int,
-        "high": int, "blocks": int, "next_id": int, "count": int, "arrays": str, "sha256": str,
-    }  # fmt: skip
-    out = {}
-    for key, kind in spec.items():
-        value = manifest.get(key)
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise ValueError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r}")
-        out[key] = value
-    if min(out["dim"], out["capacity"] + 1, out["high"] + 1, out["count"] + 1, out["next_id"] + 1) < 1:
-        raise ValueError(f"{where}: negative sizes in manifest")
-    if not out["count"] <= out["high"] <= out["capacity"]:
-        raise ValueError(f"{where}: inconsistent count/high/capacity {out['count']}/{out['high']}/{out['capacity']}")
-    return out
-
-
-def _arrays(arrays: dict, m: dict, where: Path):
-    expected = {
-        "vectors": (torch.float32, (m["count"], m["dim"])),
-        "slots": (torch.int64, (m["count"],)),
-        "ids": (torch.int64, (m["count"],)),
-        "free": (torch.int64, None),
-    }
-    if set(arrays) != set(expected):
-        raise ValueError(f"{where}: arrays {sorted(arrays)} do not match {sorted(expected)}")
-    for name, (dtype, shape) in expected.items():
-        t = arrays[name]
-        if t.dtype != dtype or (shape is not None and tuple(t.shape) != shape) or (shape is None and t.ndim != 1):
-            raise ValueError(f"{where}: array {name!r} has {t.dtype}{list(t.shape)}, expected {dtype}{list(shape or ['?'])}")
-    vectors = arrays["vectors"]
-    slots, ids, free = (arrays[k].numpy().astype(np.int64) for k in ("slots", "ids", "free"))
-    if vectors.numel() and not bool(torch.isfinite(vectors).all()):
-        raise ValueError(f"{where}: vectors contain NaN or inf")
-    if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
-        raise ValueError(f"{where}: ids must be unique and non-negative")
-    used = np.concatenate([slots, free])
-    if used.size and (used.min() < 0 or used.max() >= m["capacity"] or np.unique(used).size != used.size):
-        raise ValueError(f"{where}: slots must be unique and inside the capacity {m['capacity']}")
-    if slots.size and slots.max() >= m["high"]:
-        raise ValueError(f"{where}: a slot lies beyond the scanned range {m['high']}")
-    if ids.size and ids.max() >= m["next_id"]:
-        raise ValueError(f"{where}: next_id {m['next_id']} must exceed every id")
-    return vectors, slots, ids, free
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Anisotropic vector quantization (Guo et al., ICML 2020; DESIGN.md section 2).
+"""Anisotropic vector quantization (Guo et al., ICML 2020; docs/ALGORITHMS.md).
 
 For maximum inner product search the error that matters is <q, x> - <q, x~> on the queries
 that score high, which is dominated by the residual r = x - x~ *parallel* to x. The score-aware
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import as_matrix
+from .._checks import as_matrix, check_int
 
 
 def eta_from_threshold(threshold: float, dim: int, norm: float = 1.0) -> float:
@@ -70,8 +70,7 @@ def avq_kmeans(
     """
     x = as_matrix("x", x, allow_1d=False).to(torch.float32)
     n = x.shape[0]
-    if isinstance(clusters, bool) or not isinstance(clusters, int) or not 1 <= clusters <= n:
-        raise ValueError(f"clusters must be an int in [1, n={n}], got {clusters!r}")
+    clusters = check_int("clusters", clusters, 1, n, type_error=ValueError)
     if not eta >= 1.0:
         raise ValueError(f"eta must be >= 1 (1 = plain k-means), got {eta}")
     g = torch.Generator().manual_seed(seed)

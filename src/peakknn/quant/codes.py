@@ -1,7 +1,7 @@
 """Compressed codes for vectors: int8 scalar codes and 4-bit product quantization (PQ).
 
 Both decode to bfloat16 rows, so scoring compressed data is again a bf16 matrix product
-(DESIGN.md section 2: "decode to bf16/int8 ... keeps the TPU-KNN kernel in charge").
+(docs/ALGORITHMS.md: decoding to bf16 keeps the matrix unit in charge).
 
 Int8Codes: x ~= scale * c with c = round(x / scale) in [-127, 127] and one scale per dimension
 (max |x_d| / 127 over the training sample; larger values clamp). Integers of that range are
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import ceil_div, check_int
+
 CENTRES = 16  # centres per PQ block (4-bit codes)
 ENCODE_CHUNK = 8192  # rows encoded at once ([chunk, B, 16] temporaries)
 DIMS_MULTIPLE = 16  # calibrated_dims tries widths in steps of this
@@ -36,8 +38,7 @@ def principal_directions(x: torch.Tensor, dims: int) -> torch.Tensor:
     """f32[d, dims]: orthonormal columns spanning the `dims` leading eigenvectors of x^T x for
     rows x f32[n, d], most energy first (so x @ P keeps the most of every <q, x> on average)."""
     d = x.shape[1]
-    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= d:
-        raise ValueError(f"dims must be an int in [1, {d}], got {dims!r}")
+    dims = check_int("dims", dims, 1, d, type_error=ValueError)
     x64 = x.to(torch.float64)
     _, vectors = torch.linalg.eigh(x64.T @ x64)  # ascending eigenvalues
     return vectors[:, d - dims :].flip(1).to(torch.float32).contiguous()
@@ -85,7 +86,7 @@ def calibrated_dims(
         hit = (found.unsqueeze(2) == truth.unsqueeze(1)).any(1).float().mean()
         return float(hit) >= target
 
-    lo, hi = 1, -(-d // DIMS_MULTIPLE)  # in units of DIMS_MULTIPLE; hi * DIMS_MULTIPLE >= d
+    lo, hi = 1, ceil_div(d, DIMS_MULTIPLE)  # in units of DIMS_MULTIPLE; hi * DIMS_MULTIPLE >= d
     while lo < hi:
         mid = (lo + hi) // 2
         if reaches(min(d, mid * DIMS_MULTIPLE)):
@@ -246,8 +247,7 @@ class ProductQuantizer:
 
 
 def check_block_dims(dim: int, block_dims: int) -> None:
-    if isinstance(block_dims, bool) or not isinstance(block_dims, int) or block_dims < 1:
-        raise ValueError(f"block_dims must be a positive int, got {block_dims!r}")
+    block_dims = check_int("block_dims", block_dims, type_error=ValueError)
     if dim % block_dims:
         raise ValueError(f"dim {dim} is not divisible by block_dims {block_dims}")
 

@@ -67,7 +67,9 @@ def approx_topk(
     rows = moved.reshape(-1, n)  # a view when x is contiguous along dim; a copy otherwise
     with torch.no_grad():
         if use_triton and x.dtype != torch.float64:
-            win_values, win_index = _backend.kernels().bin_winners(rows.detach(), bins, largest)
+            from ..kernels.bin_winners import bin_winners
+
+            win_values, win_index = bin_winners(rows.detach(), bins, largest)
             indices = win_index.gather(1, torch.topk(win_values, k, dim=1).indices)
         else:
             indices = _binned_topk_indices(rows.detach(), k, bins, largest)

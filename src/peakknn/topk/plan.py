@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._checks import round_up
 from .recall import bins_for_recall
 
 BIN_ALIGN = 16  # bins are rounded up to a multiple of this (vector width); recall only rises
@@ -17,7 +18,7 @@ def plan_bins(n: int, k: int, recall_target: float, per_bin: int = 1) -> int | N
     if recall_target >= 1.0 or k >= n:
         return None
     bins = bins_for_recall(k, recall_target, per_bin=per_bin)
-    bins = -(-bins // BIN_ALIGN) * BIN_ALIGN
+    bins = round_up(bins, BIN_ALIGN)
     if n < EXACT_RATIO * bins * per_bin:
         return None
     return bins

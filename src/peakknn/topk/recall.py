@@ -16,15 +16,14 @@ import math
 
 import numpy as np
 
-from .._checks import check_k, check_per_bin, check_recall_target
+from .._checks import ceil_div, check_int, check_k, check_per_bin, check_recall_target
 
 
 def expected_recall(k: int, bins: int, *, per_bin: int = 1) -> float:
     """Exact expected recall of the top-k when `bins` bins each keep their best `per_bin`."""
     k = check_k(k)
     per_bin = check_per_bin(per_bin)
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    bins = check_int("bins", bins, type_error=ValueError)
     if bins * per_bin < k:
         raise ValueError(f"bins * per_bin must be >= k to hold k winners, got {bins} * {per_bin} < {k}")
     if bins == 1:  # one bin keeps its best per_bin: the first min(k, per_bin) are kept
@@ -55,7 +54,7 @@ def bins_for_recall(k: int, recall_target: float, *, per_bin: int = 1) -> int:
     k = check_k(k)
     per_bin = check_per_bin(per_bin)
     target = check_recall_target(recall_target)
-    lo = max(1, -(-k // per_bin))
+    lo = max(1, ceil_div(k, per_bin))
     if expected_recall(k, lo, per_bin=per_bin) >= target:
         return lo
     if target >= 1.0:

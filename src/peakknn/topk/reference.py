@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import ceil_div
 from .plan import plan_bins
 
 
@@ -30,7 +31,7 @@ def approx_topk_reference(
     moved = x.movedim(dim, -1)
     batch = moved.shape[:-1]
     rows = moved.reshape(-1, n)
-    groups = -(-n // bins)
+    groups = ceil_div(n, bins)
     fill = float("-inf") if largest else float("inf")
     padded = torch.full((rows.shape[0], groups * bins), fill, dtype=x.dtype, device=x.device)
     padded[:, :n] = rows

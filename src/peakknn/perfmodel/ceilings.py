@@ -1,30 +1,14 @@
-"""Roofline performance model: measured ceilings, predicted search time, achieved % of the floor.
+"""Measured ceilings of a device: what the engine reads (chunk width, query pass) and what the
+roofline (peakknn.perfmodel.roofline) predicts from.
 
-    from peakknn import perfmodel
-    c = perfmodel.ceilings("cpu")                 # measured once, cached on disk, then reused
-    p = perfmodel.predict(1000, 1_000_000, 128, 10, 0.99, "bf16", c)
-    p.floor_s, p.bottleneck                       # e.g. 0.17 s, "matrix"
-
-Ceilings (`Ceilings`, measured by `measure`), per device and scan dtype:
+`Ceilings`, measured by `measure`, per device and scan dtype:
 - matmul_flops[dtype]: FLOP/s of the engine's inner matrix product (queries [512, 128] x a
   database chunk [C, 128]^T into a reused output), the best over chunk widths C in CHUNK_WIDTHS;
 - best_chunk[dtype]: the engine's chunk width: the narrowest C whose whole scan step (product,
-  strided max over 16 groups, running-state update) is within 10% of the best rate per score;
+  strided max over 16 groups, running-state update) is within CHUNK_TOLERANCE of the best rate
+  per score (wider chunks also mean more bins, which the probe does not see);
 - compare_rate[dtype]: elements/s of the partial reduction (a strided max over [QB, g, L]);
 - bandwidth: bytes/s of a large copy (read + write counted).
-
-Prediction (`predict`, DESIGN.md section 1) for nq queries, n rows of dimension d, scanned in
-dtype with query blocks of QB (`query_block`):
-    matrix = 2 nq n d / matmul_flops[dtype]
-    memory = (ceil(nq / QB) n d esize + nq d 4 + nq k 12 + nq m d 4) / bandwidth
-             (the database once per query block, the queries, the outputs and the m fp32 rows
-             re-scored per query: by default the candidate count, 2k for bf16 / k for fp32; the
-             torch engine re-reads `groups` rows per candidate, which a caller can pass as
-             `rescored`)
-    vector = nq n / compare_rate[dtype]                   (one compare per score)
-    floor  = max(matrix, memory, vector); bottleneck = the name of the largest term.
-The floor is a lower bound of the time of any implementation on the measured ceilings; the
-engine's achieved fraction of it is what `peakknn bench` reports.
 
 Cache: $PEAKKNN_CACHE_DIR, else $XDG_CACHE_HOME/peakknn, else ~/.cache/peakknn; one JSON file
 per device, thread count and torch version. `ceilings(refresh=True)` re-measures.
@@ -44,26 +28,27 @@ from pathlib import Path
 
 import torch
 
-from ._scan import default_candidates
-from ._types import precision_name, scan_dtype
+from .._types import precision_name, scan_dtype
+from ..evaluation import timed
 
 LOG = logging.getLogger(__name__)
 
 FORMAT = "peakknn.ceilings/1"
 DTYPES = ("fp32", "bf16")
 CHUNK_WIDTHS = (2048, 4096, 8192, 16384)  # candidate scores per query per chunk
-# Wider chunks also mean more bins (a larger top-k over bins and running state), which the probe
-# does not see: on the dev CPU, 1M x 128 bf16 searches ran at 2,035-2,198 queries/s with 8192-wide
-# chunks and 1,919-1,981 with 16384, while the probe rated 16384 up to 8% faster per score.
 CHUNK_TOLERANCE = 0.10
 PROBE_QUERIES = 512  # query rows of the matmul probe
 PROBE_DIM = 128
 PROBE_BINS = 512
-# Query blocks are made long enough that reading X once per block costs <= 1/MEMORY_RATIO of the
-# block's matmul. 16, not less: the GEMM also packs X per block (slower than a copy); on the dev
-# CPU, 1M x 128 bf16 ran at 1,380 / 1,950 / 2,100 queries/s with blocks of 256 / 512 / 1024.
+# Query passes are made long enough that reading X once per pass costs <= 1/MEMORY_RATIO of the
+# pass's matmul; 16 because the GEMM also packs X per pass, which is slower than a copy.
 MEMORY_RATIO = 16
-MIN_QUERY_BLOCK, MAX_QUERY_BLOCK = 64, 4096
+MIN_PASS_QUERIES, MAX_PASS_QUERIES = 64, 4096
+
+
+def dtype_key(dtype) -> str:
+    """"fp32" / "bf16" for a precision name or torch dtype."""
+    return precision_name(scan_dtype(dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,92 +65,27 @@ class Ceilings:
     measured_at: str = ""
 
     def matmul(self, dtype) -> float:
-        return self.matmul_flops[_key(dtype)]
+        return self.matmul_flops[dtype_key(dtype)]
 
     def compare(self, dtype) -> float:
-        return self.compare_rate[_key(dtype)]
+        return self.compare_rate[dtype_key(dtype)]
 
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """Predicted seconds of each roofline term, the floor (their max) and the bottleneck's name."""
-
-    matrix_s: float
-    memory_s: float
-    vector_s: float
-
-    @property
-    def floor_s(self) -> float:
-        return max(self.matrix_s, self.memory_s, self.vector_s)
-
-    @property
-    def bottleneck(self) -> str:
-        terms = {"matrix": self.matrix_s, "memory": self.memory_s, "vector": self.vector_s}
-        return max(terms, key=terms.get)
-
-    def percent_of_floor(self, achieved_s: float) -> float:
-        """100 * floor / achieved: how close a measured time is to the floor."""
-        return 100.0 * self.floor_s / achieved_s
-
-
-def _key(dtype) -> str:
-    return precision_name(scan_dtype(dtype))
-
-
-def query_block(c: Ceilings, dtype, d: int = PROBE_DIM) -> int:
-    """Queries per block so that reading the database once per block costs <= 1/MEMORY_RATIO of
-    the block's matrix product: QB >= MEMORY_RATIO * matmul_flops * esize / (2 * bandwidth),
-    rounded up to a multiple of 64 and clamped to [64, 4096]. (d cancels out.)"""
-    esize = scan_dtype(dtype).itemsize
-    qb = MEMORY_RATIO * c.matmul(dtype) * esize / (2.0 * c.bandwidth)
-    return int(min(MAX_QUERY_BLOCK, max(MIN_QUERY_BLOCK, math.ceil(qb / 64) * 64)))
-
-
-def predict(
-    nq: int,
-    n: int,
-    d: int,
-    k: int,
-    recall_target: float,
-    dtype,
-    c: Ceilings,
-    *,
-    rescored: int | None = None,
-) -> Prediction:
-    """Roofline terms of a search (module docstring). rescored: rows re-scored per query
-    (default 2k for bf16, k for fp32, 0 when recall_target == 1, which scans exactly in fp32)."""
-    if min(nq, n, d, k) < 1:
-        raise ValueError(f"nq, n, d, k must be >= 1, got {(nq, n, d, k)}")
-    key = "fp32" if recall_target >= 1.0 else _key(dtype)
-    esize = scan_dtype(key).itemsize
-    if rescored is None:
-        rescored = 0 if recall_target >= 1.0 else default_candidates(k, scan_dtype(key))
-    blocks = math.ceil(nq / query_block(c, key))
-    matrix = 2.0 * nq * n * d / c.matmul(key)
-    traffic = blocks * n * d * esize + nq * d * 4 + nq * k * 12 + nq * rescored * d * 4
-    return Prediction(matrix_s=matrix, memory_s=traffic / c.bandwidth, vector_s=nq * n / c.compare(key))
-
-
-# ---------------------------------------------------------------------------- measurement
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    def pass_queries(self, dtype) -> int:
+        """Queries per pass over the database so that reading it once per pass costs <=
+        1/MEMORY_RATIO of the pass's matrix product: QB >= MEMORY_RATIO * matmul_flops * esize /
+        (2 * bandwidth), rounded up to a multiple of 64 and clamped to [64, 4096] (d cancels)."""
+        esize = scan_dtype(dtype).itemsize
+        qb = MEMORY_RATIO * self.matmul(dtype) * esize / (2.0 * self.bandwidth)
+        return int(min(MAX_PASS_QUERIES, max(MIN_PASS_QUERIES, math.ceil(qb / 64) * 64)))
 
 
 def _best_time(fn, device: torch.device, repeat: int) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """Fastest of `repeat` calls after one warm-up (ceilings are best cases)."""
+    return timed(fn, repeat, warmup=1, reduce=min, device=device)[1]
 
 
 def _scan_step(q: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
-    """One chunk of the torch engine's scan (see _scan.scan_cells), with groups = 16."""
+    """One chunk of the torch engine's scan (see engine.torch_scan.scan_cells), with groups = 16."""
     nq, width = out.shape
     torch.mm(q, x.T, out=out)
     chunk_best = torch.amax(out.view(nq, 16, width // 16), dim=1)
@@ -226,7 +146,6 @@ def _device_name(dev: torch.device) -> str:
     return f"cpu:{model}"
 
 
-# ---------------------------------------------------------------------------- cache
 def cache_dir() -> Path:
     if os.environ.get("PEAKKNN_CACHE_DIR"):
         return Path(os.environ["PEAKKNN_CACHE_DIR"])

@@ -1,10 +1,8 @@
-"""Fused Triton kernels: the partial reduction of DESIGN.md section 1 on the GPU.
+"""scan_winners: the matrix product fused with the partial reduction (docs/ALGORITHMS.md).
 
-Imported lazily (it imports triton); see peakknn._backend for when these run.
-
-`scan_winners` — matrix product fused with the partial reduction. For queries Q: [nq, d] and
-database rows X: [n, d] with rank corrections b: f32[n] (0 for ip/cos, -|x|^2/2 for L2, -inf for
-a deleted row) and an optional mask m: [n], the rank score of row j is
+For queries Q: [nq, d] and database rows X: [n, d] with rank corrections b: f32[n] (0 for
+ip/cos, -|x|^2/2 for L2, -inf for a deleted row) and an optional mask m: [n], the rank score of
+row j is
     s(q, j) = <q, x_j> + b_j      (-inf where m_j == 0),
 computed with tl.dot (bf16/fp16 in, fp32 accumulate; fp32 inputs as tf32x3, about fp32
 accuracy). The rows are cut into `splits` contiguous slices of `split_rows` rows (a multiple of
@@ -14,9 +12,10 @@ running best score and row per (query, column) in registers, so the score matrix
 memory. Output: for every query, splits * bins winners (score f32, row i32; row -1 and score
 -inf where a column saw only -inf). Ties keep the lowest row.
 
-`bin_winners` — the same reduction without the product, for approx_topk: row r of x: [R, n],
-element j -> bin j mod bins, best value and its first index per bin (values widened to fp32 and
-negated when the smallest are wanted, so larger always wins).
+In this file: the kernel, its launch shape (`ScanConfig`, `scan_config`), the launcher
+(`scan_winners`) and the plain-torch specification the tests hold it to
+(`scan_winners_reference`). Imported lazily (it imports triton): `engine.kernel_scan` loads it
+when a search runs on the "triton" backend (see peakknn._backend).
 
 Known limitation of Triton's interpreter (triton 3.x): tl.dot on bf16 operands multiplies the
 raw uint16 storage, so under TRITON_INTERPRET=1 the operands are widened to fp32 first
@@ -32,10 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import interpreting
-
-BIN_BLOCK = 128  # bins per program of `bin_winners`
-BIN_TILE = 1024  # elements each `bin_winners` program loads per step
+from .._backend import interpreting
+from .._checks import ceil_div, round_up
 
 
 @triton.jit
@@ -100,38 +97,6 @@ def _scan_winners_kernel(
     tl.store(row_ptr + out, row, mask=q_ok[:, None])
 
 
-@triton.jit
-def _bin_winners_kernel(
-    x_ptr, best_ptr, index_ptr, n, bins, stride_x, stride_out,
-    LARGEST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_B: tl.constexpr,
-):  # fmt: skip
-    # Each (group, column) lane keeps its own running best (strictly better wins, so the first
-    # index among equals stays): no reduction across lanes until the walk is done.
-    r = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    groups = tl.arange(0, GROUPS)
-    col_ok = cols < bins
-    base = x_ptr + r.to(tl.int64) * stride_x
-    first = groups[:, None] * bins + cols[None, :]  # [GROUPS, BLOCK_B] element of each lane in the first tile
-    best = tl.full((GROUPS, BLOCK_B), float("-inf"), tl.float32)
-    index = first  # a bin whose values are all -inf answers its first element
-    for start in range(0, n, GROUPS * bins):
-        j = start + first
-        ok = col_ok[None, :] & (j < n)
-        v = tl.load(base + j, mask=ok, other=0.0).to(tl.float32)
-        if not LARGEST:
-            v = -v
-        v = tl.where(ok, v, float("-inf"))
-        better = v > best
-        best = tl.where(better, v, best)
-        index = tl.where(better, j, index)
-    top = tl.max(best, axis=0)
-    index = tl.min(tl.where(best == top[None, :], index, n + GROUPS * bins), axis=0)  # first among equals
-    out = r.to(tl.int64) * stride_out + cols
-    tl.store(best_ptr + out, top, mask=col_ok)
-    tl.store(index_ptr + out, index.to(tl.int64), mask=col_ok)
-
-
 def _pow2_at_least(value: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(max(1, value))))
 
@@ -149,9 +114,9 @@ class ScanConfig:
 
 
 def scan_config(nq: int, d: int, bins: int) -> ScanConfig:
-    """Launch shape measured fastest on an H100 (benchmarks/tune_gpu.py); block_n always divides
-    `bins` (a multiple of 16). d > 128 takes several depth steps per tile: 128 x 128 tiles, 8
-    warps and one pipelined loop over (tile, step) ran 1.6-2.2x faster than the d <= 128 shape."""
+    """The launch shape that benchmarks/tune_gpu.py measured fastest (its results name the GPU);
+    block_n always divides `bins` (a multiple of 16). d > 128 takes several depth steps per tile:
+    128 x 128 tiles, 8 warps and one pipelined loop over (tile, step)."""
     block_n = next(b for b in (128, 64, 32, 16) if bins % b == 0)
     if d > 128 and nq >= 128:
         return ScanConfig(128, block_n, 128, num_warps=8, num_stages=3, flatten=True)
@@ -183,8 +148,8 @@ def scan_winners(
     config = config or scan_config(nq, d, bins)
     if bins % config.block_n:
         raise ValueError(f"config.block_n={config.block_n} must divide bins={bins}")
-    split_rows = -(-(-(-n // splits)) // bins) * bins
-    splits = -(-n // split_rows)
+    split_rows = round_up(ceil_div(n, splits), bins)
+    splits = ceil_div(n, split_rows)
     width = splits * bins
     best = torch.empty((nq, width), dtype=torch.float32, device=q.device)
     rows = torch.empty((nq, width), dtype=torch.int32, device=q.device)
@@ -205,24 +170,28 @@ def scan_winners(
     return best, rows
 
 
-def bin_winners(
-    rows: torch.Tensor, bins: int, largest: bool, block_b: int | None = None, groups: int | None = None, num_warps: int = 4
+def scan_winners_reference(
+    q: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, bins: int, splits: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(oriented values f32[R, bins], indices i64[R, bins]): best per bin of rows: [R, n], n >= bins.
+    """Plain-torch specification of `scan_winners` (same arguments and outputs).
 
-    Values are negated when largest=False, so a top-k over them is always largest-first; the
-    first index wins among equal values. block_b (bins per program), groups (elements of each bin
-    per step) and num_warps set the launch shape (defaults: BIN_BLOCK, BIN_TILE // block_b).
+    Scores s = q x^T + bias in fp32 (-inf where mask is False); the rows are cut into slices of
+    split_rows = round_up(ceil(n / splits), bins) rows; in a slice starting at lo, row j is in
+    column (j - lo) mod bins. Returns (best f32[nq, S * bins], row i32[nq, S * bins]) per (slice,
+    column), the lowest row among equal bests, row -1 (score -inf) where every
+    score of the column is -inf. S is the number of non-empty slices.
     """
-    r, n = rows.shape
-    block_b = block_b or min(BIN_BLOCK, triton.next_power_of_2(bins))
-    groups = groups or max(1, BIN_TILE // block_b)
-    if n + 2 * groups * bins >= 2**31:
-        raise ValueError(f"bin_winners indexes in int32: rows of {n} elements are too long")
-    if rows.stride(1) != 1:
-        rows = rows.contiguous()
-    best = torch.empty((r, bins), dtype=torch.float32, device=rows.device)
-    index = torch.empty((r, bins), dtype=torch.int64, device=rows.device)
-    grid = (r, triton.cdiv(bins, block_b))
-    _bin_winners_kernel[grid](rows, best, index, n, bins, rows.stride(0), bins, LARGEST=largest, GROUPS=groups, BLOCK_B=block_b, num_warps=num_warps)
-    return best, index
+    n = x.shape[0]
+    s = q.float() @ x.float().T + bias
+    if mask is not None:
+        s = s.masked_fill(~mask.bool(), float("-inf"))
+    split_rows = round_up(ceil_div(n, splits), bins)
+    slices = ceil_div(n, split_rows)
+    padded = s.new_full((s.shape[0], slices * split_rows), float("-inf"))
+    padded[:, :n] = s
+    view = padded.view(s.shape[0], slices, split_rows // bins, bins)
+    best, tile = torch.sort(view, dim=2, descending=True, stable=True)
+    best, tile = best[:, :, 0], tile[:, :, 0]  # [nq, slices, bins]
+    row = torch.arange(slices, device=s.device).view(1, -1, 1) * split_rows + tile * bins + torch.arange(bins, device=s.device)
+    row = row.masked_fill(best == float("-inf"), -1)
+    return best.reshape(s.shape[0], -1), row.reshape(s.shape[0], -1).to(torch.int32)

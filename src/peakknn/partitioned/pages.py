@@ -1,7 +1,7 @@
 """PagedLists: one growable list of code rows per partition, stored in fixed-size pages.
 
 Every partition's rows live in pages of `page_rows` rows each (like a paged KV cache): the
-codes of all pages are one tensor [pages, page_rows, width], so a run of consecutive pages is a
+codes of all pages are one tensor [pages, page_rows, code_width], so a run of consecutive pages is a
 view that one batched matrix product scores at once, whatever the partitions' sizes. A
 partition owns a list of pages; its row `pos` is row `pos % page_rows` of its
 `pos // page_rows`-th page. Removal moves the partition's last row into the hole, so each
@@ -16,15 +16,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import ceil_div
+
 PAGE_ROWS = 128  # rows per page: large enough for efficient products, small enough to pad little
 
 
 class PagedLists:
-    """`lists` growable row lists sharing pages of `page_rows` rows of `width` codes of `dtype`."""
+    """`lists` growable row lists sharing pages of `page_rows` rows of `code_width` codes of `dtype`."""
 
-    def __init__(self, lists: int, width: int, dtype: torch.dtype, device: torch.device, page_rows: int = PAGE_ROWS):
+    def __init__(self, lists: int, code_width: int, dtype: torch.dtype, device: torch.device, page_rows: int = PAGE_ROWS):
         self.page_rows = page_rows
-        self.codes = torch.zeros(0, page_rows, width, dtype=dtype, device=device)
+        self.codes = torch.zeros(0, page_rows, code_width, dtype=dtype, device=device)
         self.slots = torch.full((0, page_rows), -1, dtype=torch.int64)
         self.bias = torch.full((0, page_rows), float("-inf"), dtype=torch.float32, device=device)
         self.sizes = np.zeros(lists, dtype=np.int64)
@@ -42,7 +44,7 @@ class PagedLists:
 
     def pages_needed(self, counts: np.ndarray) -> int:
         """New pages that appending counts[p] rows to every list p would take."""
-        full = -(-(self.sizes + counts) // self.page_rows)
+        full = ceil_div(self.sizes + counts, self.page_rows)
         return int(np.maximum(full - np.array([len(p) for p in self.pages]), 0).sum())
 
     def reserve(self, pages: int, exact: bool = False) -> None:
@@ -60,10 +62,10 @@ class PagedLists:
         self._free = list(range(new - 1, old - 1, -1)) + self._free
 
     def append(self, lst: int, codes: torch.Tensor, slots: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-        """Add rows (codes [m, width], cast to the pages' dtype; slots i64[m]; bias f32[m]) to list
+        """Add rows (codes [m, code_width], cast to the pages' dtype; slots i64[m]; bias f32[m]) to list
         `lst`; returns their positions i64[m]."""
         m, start = codes.shape[0], int(self.sizes[lst])
-        need = -(-(start + m) // self.page_rows) - len(self.pages[lst])
+        need = ceil_div(start + m, self.page_rows) - len(self.pages[lst])
         if need > 0:
             self.reserve(need)
             self.pages[lst].extend(self._free.pop() for _ in range(need))
@@ -98,7 +100,7 @@ class PagedLists:
         return moved
 
     def rows(self, lst: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(codes [size, width], slots i64[size], bias f32[size]) of list `lst`, in position order."""
+        """(codes [size, code_width], slots i64[size], bias f32[size]) of list `lst`, in position order."""
         size = int(self.sizes[lst])
         page = torch.as_tensor(self.pages[lst], dtype=torch.int64)
         codes = self.codes[page.to(self.codes.device)].flatten(0, 1)[:size]

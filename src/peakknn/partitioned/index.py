@@ -1,0 +1,335 @@
+"""PartitionedIndex: partitioned, optionally compressed k-NN search (the ScaNN pipeline).
+
+    index = PartitionedIndex(384, metric="cos", settings=PartitionSettings(partitions=256, codes="pq4"))
+    index.add(vectors)                      # trains itself once `train_size` rows are in
+    result = index.search(queries, k=10, probe=32)   # probe / rerank: None = the index's setting
+    index.remove([3]); index.upsert(v, ids=[7]); index.save("dir"); PartitionedIndex.load("dir")
+
+Storage: each partition's code rows live in fixed-size pages (`pages.PagedLists`, kept by
+`storage.Entries`), so any run of consecutive pages is one tensor view. With `spill` (SOAR, Sun
+et al. 2023) every row is also stored in a second partition, chosen so that its residual there is
+nearly orthogonal to the first one; a query then finds a neighbour through either partition,
+which needs far fewer probed partitions for the same recall (candidates found twice count once).
+
+A search (`scan.search`) scores the probed partitions' pages with batched bf16 products, takes
+the best candidates and re-ranks them exactly in fp32 from the stored vectors (or returns the
+code scores when keep_vectors=False). Training (`training.fit`) learns the partitions, codes,
+projection and adaptive-probe gaps from a sample; after training, new rows are assigned and
+encoded on insert and removals move a partition's last row into the hole, so add / upsert /
+remove cost O(batch) and show in the next search; nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .._checks import as_id_set, as_ids, as_matrix, check_k, positive_int
+from .._slots import SlotStore
+from .._types import MetricLike, SearchResult, check_metric
+from ..engine.plan import DEFAULT_MEMORY
+from ..engine.rescore import finish
+from ..engine.table import normalize_rows, rank_bias
+from ..quant.codes import check_block_dims
+from . import persist, scan, training
+from .settings import ADAPTIVE_SPREAD, PartitionSettings, SearchSettings
+from .storage import Entries
+
+
+class PartitionedIndex:
+    """A partitioned, optionally compressed index (see module docstring).
+
+    dim: vector dimension; metric: "ip" | "l2" | "cos"; settings: PartitionSettings;
+    search_settings: SearchSettings (defaults of `search`); device: "cpu" (CUDA tensors work
+    through the same torch code but the loop over page groups is tuned for the CPU).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        metric: MetricLike = "ip",
+        settings: PartitionSettings | None = None,
+        search_settings: SearchSettings | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.dim = positive_int("dim", dim)
+        self.metric = check_metric(metric)
+        self.settings = settings if settings is not None else PartitionSettings()
+        self.search_settings = search_settings if search_settings is not None else SearchSettings()
+        if not isinstance(self.settings, PartitionSettings):
+            raise TypeError(f"settings must be a PartitionSettings, got {type(self.settings).__name__}")
+        if not isinstance(self.search_settings, SearchSettings):
+            raise TypeError(f"search_settings must be a SearchSettings, got {type(self.search_settings).__name__}")
+        if self.settings.codes == "pq4":
+            check_block_dims(self.dim, self.settings.block_dims)
+        if isinstance(self.settings.scan_dims, int) and self.settings.scan_dims > self.dim:
+            raise ValueError(f"scan_dims={self.settings.scan_dims} is more than dim={self.dim}")
+        self.device = torch.device(device)
+        self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)  # rows by slot
+        self._slots = SlotStore(torch.device("cpu"))  # slots in order: pages do not depend on them
+        self._entries = Entries(self._copies)
+        self._scratch = scan.Scratch()
+        self._trained: training.Trained | None = None  # centres, codec, projection, probe gaps
+
+    # ----------------------------------------------------------------- properties
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __repr__(self) -> str:
+        return (
+            f"PartitionedIndex(dim={self.dim}, metric={self.metric!r}, partitions={self.settings.partitions}, "
+            f"codes={self.settings.codes!r}, scan_dims={self.settings.scan_dims!r}, keep_vectors={self.settings.keep_vectors}, "
+            f"spill={self.settings.spill}, "
+            f"size={len(self)}, trained={self.is_trained})"
+        )
+
+    @property
+    def is_trained(self) -> bool:
+        return self._trained is not None
+
+    @property
+    def _centres(self) -> torch.Tensor | None:
+        return self._trained.centres if self._trained is not None else None
+
+    @property
+    def _codec(self):
+        """quant.codes.Int8Codes | ProductQuantizer | None (bf16 codes, or untrained)."""
+        return self._trained.codec if self._trained is not None else None
+
+    @property
+    def _projection(self) -> torch.Tensor | None:
+        """f32[dim, m]: see PartitionSettings.scan_dims (None: rows are not projected)."""
+        return self._trained.projection if self._trained is not None else None
+
+    @property
+    def _probe_gaps(self) -> torch.Tensor | None:
+        """f32[min(P, GAP_COLUMNS)]: see probe_gap (None for files from before adaptive probing)."""
+        return self._trained.probe_gaps if self._trained is not None else None
+
+    @property
+    def scan_dims(self) -> int:
+        """Dimensions of the rows the first pass scores: the projection's width after training
+        with scan_dims set (or calibrated), else dim."""
+        return self._projection.shape[1] if self._projection is not None else self.dim
+
+    @property
+    def partition_sizes(self) -> np.ndarray:
+        """i64[partitions] rows stored in each partition, spilled copies included (empty before training)."""
+        lists = self._entries.lists
+        return lists.sizes.copy() if lists is not None else np.zeros(0, dtype=np.int64)
+
+    def probe_gap(self, probe: int) -> float | None:
+        """Centre-score gap (per unit of |q|) within which an adaptive search with this `probe`
+        takes a query's partitions: calibrated at training so that the training sample's rows,
+        as queries, take `probe` partitions on average (of at most ADAPTIVE_SPREAD * probe).
+        None where probe >= min(partitions, GAP_COLUMNS): then every query takes `probe`."""
+        if self._probe_gaps is None:
+            raise ValueError("adaptive probing needs an index trained by this version: call train() again")
+        return None if probe >= self._probe_gaps.shape[0] else float(self._probe_gaps[probe - 1])
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the index's arrays (capacities included) and its id bookkeeping."""
+        tensors = [self._vectors]
+        if self._centres is not None:
+            tensors.append(self._centres)
+        if self._codec is not None:
+            tensors.extend(self._codec.state().values())
+        if self._projection is not None:
+            tensors.append(self._projection)
+        if self._probe_gaps is not None:
+            tensors.append(self._probe_gaps)
+        return sum(t.numel() * t.element_size() for t in tensors) + self._entries.nbytes + self._slots.nbytes
+
+    @property
+    def _copies(self) -> int:
+        """Partitions each row is stored in: 2 with spill (and more than one partition), else 1."""
+        return 2 if self.settings.spill and self.settings.partitions > 1 else 1
+
+    # ----------------------------------------------------------------- training
+    def train(self, sample=None) -> None:
+        """Learn partitions (and codes) from sample f32[m, dim] (default: the rows added so far),
+        then assign and encode every stored row. Retraining needs the stored vectors."""
+        if self.is_trained and not self.settings.keep_vectors:
+            raise ValueError("a compressed-only index (keep_vectors=False) cannot be retrained")
+        if sample is None:
+            x = self._vectors[self._slots.live_slots()]
+            if x.shape[0] == 0:
+                raise ValueError("no rows to train on: pass a sample or add vectors first")
+        else:
+            x = self._prepare(sample, "sample")
+        self._set_trained(training.fit(x, self.settings, self.metric, self.search_settings.probe))
+        slots = self._slots.live_slots()
+        self._place(slots, self._vectors[slots])
+        if not self.settings.keep_vectors:
+            self._vectors = self._vectors[:0]
+
+    def _set_trained(self, trained: training.Trained) -> None:
+        """Adopt what training learned, with empty partitions (the caller places the rows)."""
+        self._trained = trained
+        self._entries.reset(self.settings, self.dim, self.scan_dims, self.device)
+
+    # ----------------------------------------------------------------- updates
+    def add(self, vectors, ids=None) -> torch.Tensor:
+        """Insert rows f32[m, dim]; ids i64[m] (default: next free ids). Returns the ids.
+        Raises ValueError (storing nothing) if an id is already present: use `upsert`."""
+        x = self._prepare(vectors, "vectors")
+        if ids is None:
+            new_ids = self._slots.new_ids(x.shape[0])
+        else:
+            new_ids = as_ids("ids", ids, x.shape[0])
+            present = new_ids[self._slots.lookup(new_ids) >= 0]
+            if present.size:
+                raise ValueError(f"id {int(present[0])} is already in the index; use upsert to replace it")
+        self._insert(new_ids, x)
+        return torch.from_numpy(new_ids)
+
+    def upsert(self, vectors, ids) -> torch.Tensor:
+        """Insert or replace rows: ids already present get the new vectors, others are added."""
+        x = self._prepare(vectors, "vectors")
+        new_ids = as_ids("ids", ids, x.shape[0])
+        present = new_ids[self._slots.lookup(new_ids) >= 0]
+        if present.size:
+            self._delete(present)
+        self._insert(new_ids, x)
+        return torch.from_numpy(new_ids)
+
+    def remove(self, ids) -> None:
+        """Delete ids. Unknown ids raise ValueError and nothing is removed."""
+        gone = as_ids("ids", ids)
+        missing = gone[self._slots.lookup(gone) < 0]
+        if missing.size:
+            raise ValueError(f"id {int(missing[0])} is not in the index (nothing was removed)")
+        self._delete(gone)
+
+    def get(self, ids) -> torch.Tensor:
+        """f32[m, dim] stored vectors of ids (needs keep_vectors or an untrained index)."""
+        wanted = as_ids("ids", ids)
+        slots = self._slots.lookup(wanted)
+        if (slots < 0).any():
+            raise ValueError(f"id {int(wanted[slots < 0][0])} is not in the index")
+        if self._vectors.shape[0] == 0 and slots.size:
+            raise ValueError("this index keeps no vectors (keep_vectors=False): only codes are stored")
+        return self._vectors[torch.from_numpy(slots).to(self.device)].clone()
+
+    # ----------------------------------------------------------------- search
+    def search(
+        self,
+        queries,
+        k: int,
+        *,
+        probe: int | None = None,
+        rerank: int | None = None,
+        adaptive: bool | None = None,
+        allowed_ids=None,
+        max_memory: int = DEFAULT_MEMORY,
+    ) -> SearchResult:
+        """k nearest stored vectors of each query f32[nq, dim] (or [dim]).
+
+        probe: partitions searched per query (None = the index's setting; capped at the
+        number of partitions); rerank: candidates re-scored exactly (None = the index's
+        setting); adaptive: probe is a mean over queries (see SearchSettings; None = the
+        index's setting, which falls back to a fixed probe for an index loaded from a file
+        written before adaptive probing existed); allowed_ids: only these ids may be returned
+        (ids not in the index are ignored; only allowed rows of the probed partitions are
+        searched, so a selective filter may need a larger probe). Returns SearchResult on the
+        CPU with user ids; -1 (score -inf / +inf) where fewer than k rows were found in the
+        probed partitions.
+        """
+        k = check_k(k)
+        probe = self.search_settings.probe if probe is None else probe
+        rerank = self.search_settings.rerank if rerank is None else rerank
+        if adaptive is None:  # the index's setting, where the index has the calibration
+            adaptive = self.search_settings.adaptive and self._probe_gaps is not None
+        SearchSettings(probe=probe, rerank=rerank, adaptive=adaptive)  # validates
+        if not self.is_trained:
+            raise ValueError(
+                "the index is not trained: call train(sample) or add at least train_size="
+                f"{self.settings.train_size} rows first"
+            )
+        if len(self) == 0:
+            raise ValueError("cannot search an empty index: add vectors first")
+        q = self._prepare(queries, "queries")
+        probe = min(probe, self.settings.partitions)
+        gap = self.probe_gap(probe) if adaptive else None
+        width = probe if gap is None else min(self._probe_gaps.shape[0], ADAPTIVE_SPREAD * probe)
+        bias = self._entries.lists.bias if allowed_ids is None else self._filtered_bias(allowed_ids)
+        rank, slot = scan.search(self, q, k, width, gap, self._rerank_depth(k, rerank), bias, max_memory)
+        ids = self._slots.slot_ids[slot.cpu()].to(slot.device)
+        result = finish(rank, ids, self.metric)
+        return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
+
+    def _filtered_bias(self, allowed_ids) -> torch.Tensor:
+        """The pages' rank bias with -inf on every row whose id is not in allowed_ids."""
+        slots = self._slots.lookup(as_id_set("allowed_ids", allowed_ids))
+        keep = torch.zeros(self._slots.capacity, dtype=torch.bool)
+        keep[torch.from_numpy(slots[slots >= 0])] = True
+        return self._entries.masked_bias(keep)
+
+    def _rerank_depth(self, k: int, rerank: int | None) -> int | None:
+        """Candidates re-scored exactly, or None when the index keeps no vectors."""
+        if not self.settings.keep_vectors:
+            return None
+        if rerank is None:
+            rerank = 10 * k if self.settings.codes == "pq4" else 2 * k
+        return max(k, rerank)
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to directory `path` atomically (safetensors + JSON, never pickle)."""
+        persist.save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "PartitionedIndex":
+        """Read an index written by `save`; corrupt or mismatched files raise ValueError."""
+        return persist.load(cls, path, device)
+
+    # ----------------------------------------------------------------- internals
+    def _prepare(self, vectors, name: str) -> torch.Tensor:
+        x = as_matrix(name, vectors, self.dim).to(device=self.device, dtype=torch.float32)
+        if self.metric == "cos":
+            x = normalize_rows(x, name)
+        return x
+
+    def _take_slots(self, m: int) -> np.ndarray:
+        capacity = self._slots.capacity_for(m)
+        if capacity > self._slots.capacity:
+            extra = capacity - self._slots.capacity
+            if self.settings.keep_vectors or not self.is_trained:
+                self._vectors = torch.cat([self._vectors, self._vectors.new_zeros(extra, self.dim)])
+            self._entries.grow(capacity)
+            self._slots.grow(capacity)
+        return self._slots.take(m)
+
+    def _insert(self, ids: np.ndarray, x: torch.Tensor, auto_train: bool = True) -> None:
+        slots = self._take_slots(x.shape[0])
+        if self._vectors.shape[0]:
+            self._vectors[torch.from_numpy(slots).to(self.device)] = x
+        self._slots.assign(slots, ids)
+        if self.is_trained:
+            self._place(slots, x)
+        elif auto_train and self.settings.train_size is not None and len(self) >= self.settings.train_size:
+            self.train()
+
+    def _place(self, slots: np.ndarray, x: torch.Tensor) -> None:
+        """Assign rows to partitions (with spill: two), encode them and append them there."""
+        if slots.size == 0:
+            return
+        copies = self._copies
+        parts = training.assign(x, self._centres, training.partition_eta(self.settings, self.metric, self.dim), copies)
+        # every copy of every row as one entry, appended partition by partition
+        eta = training.code_eta(self.settings, self.metric, self.dim)
+        codes = torch.cat([training.encode(x, parts[:, c], self._trained, eta) for c in range(copies)])
+        bias = rank_bias(x, self.metric).repeat(copies)
+        entry_slots, entry_copy = np.tile(slots, copies), np.repeat(np.arange(copies), slots.size)
+        self._entries.append(parts.T.reshape(-1).cpu(), codes, entry_slots, entry_copy, bias)
+
+    def _delete(self, ids: np.ndarray) -> None:
+        slots = self._slots.lookup(ids)
+        self._entries.delete(slots)
+        self._slots.release(ids)
+        if self._vectors.shape[0]:
+            self._vectors[torch.from_numpy(slots).to(self.device)] = 0.0

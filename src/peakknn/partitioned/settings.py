@@ -1,0 +1,108 @@
+"""How a PartitionedIndex is built (`PartitionSettings`) and searched (`SearchSettings`).
+
+Typed, frozen dataclasses, validated on construction; None means "the default for the other
+settings" where a docstring says so. The search settings are the index's defaults: every search
+may override probe, rerank and adaptive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .._checks import positive_int
+
+CODE_TYPES = ("bf16", "int8", "pq4")
+SCAN_K, SCAN_RECALL = 10, 0.995  # scan_dims="auto": the first pass keeps this share of the top-10 in its best 20
+GAP_COLUMNS = 256  # adaptive probe: the most partitions its calibration plans for
+ADAPTIVE_SPREAD = 2  # adaptive probe: one query searches at most this many times `probe` partitions
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionSettings:
+    """How an index is built (fixed at construction).
+
+    partitions: k-means partitions; codes: "bf16" (rows in bfloat16), "int8" (per-dimension
+    scalar codes) or "pq4" (4-bit product quantization of residuals, `block_dims` dims per
+    16-centre block); threshold: anisotropic threshold T for PQ training (None = plain PQ);
+    anisotropic_partitions: partition with the anisotropic loss too; keep_vectors: keep fp32
+    vectors for exact re-ranking (False = compressed-only); scan_dims: bf16/int8 codes hold each
+    row projected on the leading principal directions of the training sample
+    (`codes.principal_directions`): an int m keeps m of them; "auto" (the default) the fewest
+    (a multiple of 16) whose first pass keeps SCAN_RECALL of the sample's own top-10 among its
+    best 20 (`quant.codes.calibrated_dims`; all dims = no projection). The first pass then reads
+    m / dim of the bytes and re-ranking restores exact scores (None = all dims, no projection;
+    an int needs keep_vectors and bf16/int8 codes, "auto" becomes None without them); spill:
+    also store every row in a second partition (SOAR; None = for bf16/int8 codes with
+    keep_vectors: it doubles the codes, and two differing pq4 estimates of one row help less);
+    train_size: train automatically when this many rows are in (None = only `train()`;
+    default 40 * partitions); iters: k-means iterations; seed: seeds training.
+    """
+
+    partitions: int = 256
+    codes: str = "bf16"
+    block_dims: int = 2
+    threshold: float | None = 0.2
+    anisotropic_partitions: bool = False
+    keep_vectors: bool = True
+    scan_dims: int | str | None = "auto"
+    spill: bool | None = None
+    train_size: int | None = -1
+    iters: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        positive_int("partitions", self.partitions)
+        if self.codes not in CODE_TYPES:
+            raise ValueError(f"codes must be one of {CODE_TYPES}, got {self.codes!r}")
+        positive_int("block_dims", self.block_dims)
+        if isinstance(self.scan_dims, str):
+            if self.scan_dims != "auto":
+                raise ValueError(f"scan_dims must be a positive int, 'auto' or None, got {self.scan_dims!r}")
+            if self.codes == "pq4" or not self.keep_vectors:  # nothing to re-rank with: no projection
+                object.__setattr__(self, "scan_dims", None)
+        elif self.scan_dims is not None:
+            positive_int("scan_dims", self.scan_dims)
+            object.__setattr__(self, "scan_dims", int(self.scan_dims))
+            if self.codes == "pq4" or not self.keep_vectors:
+                raise ValueError(
+                    f"scan_dims={self.scan_dims} needs codes 'bf16' or 'int8' and keep_vectors=True "
+                    f"(the projected first pass is re-ranked exactly), got codes={self.codes!r}, keep_vectors={self.keep_vectors}"
+                )
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1) or None, got {self.threshold!r}")
+        if self.spill is None:
+            object.__setattr__(self, "spill", bool(self.keep_vectors) and self.codes != "pq4")
+        if not isinstance(self.spill, bool):
+            raise ValueError(f"spill must be True, False or None, got {self.spill!r}")
+        if self.train_size == -1:
+            object.__setattr__(self, "train_size", 40 * self.partitions)
+        if self.train_size is not None:
+            positive_int("train_size", self.train_size)
+        positive_int("iters", self.iters)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """How a search runs (the index's defaults; each search may override).
+
+    probe: partitions searched per query; rerank: candidates re-scored exactly in fp32
+    (None = 2k for bf16/int8 codes, 10k for pq4; ignored when the index keeps no vectors);
+    adaptive (default): probe becomes a mean. Each query searches the partitions whose centre
+    score is within a gap g of its best centre's (gaps divided by |q|), at least 1 and at most
+    ADAPTIVE_SPREAD * probe of them, where g is set so that the training sample's rows, as
+    queries, search `probe` partitions on average (`PartitionedIndex.probe_gap`). Queries near
+    partition borders search more partitions, and queries deep inside one search fewer. probe >=
+    min(partitions, GAP_COLUMNS) searches that many partitions, as without adaptive. The tables
+    behind the defaults are in docs/ALGORITHMS.md.
+    """
+
+    probe: int = 16
+    rerank: int | None = None
+    adaptive: bool = True
+
+    def __post_init__(self):
+        positive_int("probe", self.probe)
+        if self.rerank is not None:
+            positive_int("rerank", self.rerank)
+        if not isinstance(self.adaptive, bool):
+            raise TypeError(f"adaptive must be a bool, got {type(self.adaptive).__name__}")
