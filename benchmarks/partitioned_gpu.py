@@ -16,7 +16,7 @@ import time
 import torch
 
 import peakknn
-from peakknn import bench
+from peakknn import bench, evaluation
 from suite import synthetic
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,10 +28,8 @@ def sync() -> None:
 
 
 def timed(fn, repeat: int):
-    """(last result, median seconds) of fn() after one warm-up call; searches return CPU tensors,
-    so every timed call ends synchronised."""
-    fn()
-    return bench.timed(fn, repeat)
+    """(last result, median seconds) of fn() after one warm-up call."""
+    return evaluation.timed(fn, repeat, warmup=1, device=DEVICE)
 
 
 def main() -> None:
@@ -46,12 +44,12 @@ def main() -> None:
     ds = synthetic(args.synthetic, args.nq)
     x, q = torch.from_numpy(ds.train).to(DEVICE), torch.from_numpy(ds.test).to(DEVICE)
     n, d = x.shape
-    truth = bench.torch_exact(x, q, k, "cos", block=1000)
+    truth = evaluation.exact_search(x, q, k, "cos", block=1000)
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU"
     print(f"{ds.name}, {len(q):,} queries, k={k}, cosine, on {device_name}\n")
     print("| method | setting | recall@10 | q/s | build s |\n|---|---|---|---|---|", flush=True)
     t0 = time.perf_counter()
-    flat = peakknn.Index(d, metric="cos", dtype="bf16", device=DEVICE)
+    flat = peakknn.Index(d, metric="cos", precision="bf16", device=DEVICE)
     flat.add(x)
     sync()
     build = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import peakknn
-from peakknn.bench import torch_exact
+from peakknn.evaluation import exact_search
 
 
 class Method:
@@ -52,7 +52,7 @@ class PeakFlat(Method):
         return [0.8, 0.9, 0.95, 0.99] if quick else [0.7, 0.8, 0.9, 0.95, 0.99, 0.999]
 
     def build(self, train, metric):
-        self.index = peakknn.Index(train.shape[1], metric=metric, dtype="bf16")
+        self.index = peakknn.Index(train.shape[1], metric=metric, precision="bf16")
         self.index.reserve(train.shape[0])
         self.index.add(torch.from_numpy(train))
         self.memory_mb = self.index.memory_bytes / 2**20
@@ -118,7 +118,7 @@ class TorchExact(Method):
         self.memory_mb = train.nbytes / 2**20
 
     def search(self, test, k, setting):
-        return torch_exact(self.x, torch.from_numpy(test), k, self.metric)
+        return exact_search(self.x, torch.from_numpy(test), k, self.metric)
 
 
 class _Faiss(Method):

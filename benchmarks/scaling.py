@@ -19,14 +19,14 @@ import torch
 
 import peakknn
 from peakknn import perfmodel
-from peakknn.bench import timed
+from peakknn.evaluation import timed
 
 BLOCK = 1 << 20
 
 
 def build(n: int, d: int, faiss, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    index = peakknn.Index(d, dtype="bf16")
+    index = peakknn.Index(d, precision="bf16")
     index.reserve(n)
     flat = faiss.IndexFlatIP(d) if faiss else None
     for s in range(0, n, BLOCK):

@@ -12,19 +12,17 @@ differs between the indexes, so the ratio is the projection's effect.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from suite import prepared, synthetic, with_truth  # noqa: E402
+from suite import prepared, synthetic, with_truth  # benchmarks/suite.py, beside this script
 
-import peakknn  # noqa: E402
-from peakknn.bench import default_partitions  # noqa: E402
-from peakknn.data import load_hdf5, recall_at_k  # noqa: E402
+import peakknn
+from peakknn.bench import default_partitions
+from peakknn.data import load_hdf5
+from peakknn.evaluation import recall_at_k
 
 
 def parse_setting(text: str):
@@ -54,12 +52,12 @@ def main(argv=None) -> None:
         index.add(torch.from_numpy(train))
         t0 = time.perf_counter()
         index.train()
-        width = index._scan_width
+        width = index.scan_dims
         print(f"scan_dims={scan_dims}: {width} of {train.shape[1]} dims, trained in {time.perf_counter() - t0:.1f} s", flush=True)
         indexes.append(index)
     q = torch.from_numpy(test)
     print(f"\n{ds.name}: n={train.shape[0]:,} d={train.shape[1]} queries={len(test):,} k={args.k} threads={args.threads}\n")
-    print("| probe | " + " | ".join(f"scan_dims={s} ({i._scan_width}): ms, ratio, recall" for s, i in zip(settings, indexes)) + " |")
+    print("| probe | " + " | ".join(f"scan_dims={s} ({i.scan_dims}): ms, ratio, recall" for s, i in zip(settings, indexes)) + " |")
     print("|---" * (len(settings) + 1) + "|")
     for probe in (int(v) for v in args.probes.split(",")):
         times = [[] for _ in indexes]

@@ -13,7 +13,8 @@ import argparse
 import torch
 
 from peakknn import approx_topk
-from peakknn.bench import format_table, run_bench, timed
+from peakknn.bench import format_table, run_bench
+from peakknn.evaluation import timed
 from peakknn.data import load_hdf5, synthetic
 
 

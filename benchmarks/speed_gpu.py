@@ -56,7 +56,7 @@ def recall(got: torch.Tensor, truth: torch.Tensor) -> float:
 def search_row(nq: int, n: int, d: int, k: int, target: float, repeat: int, with_torch: bool) -> str:
     x = torch.randn(n, d, device="cuda")
     q = torch.randn(nq, d, device="cuda")
-    index = peakknn.Index(d, metric="ip", dtype="bf16", device="cuda")
+    index = peakknn.Index(d, metric="ip", precision="bf16", device="cuda")
     index.add(x)
     qb, xb = q.bfloat16(), x.bfloat16()
     res, t_search = cuda_time(lambda: index.search(q, k, recall_target=target), repeat)

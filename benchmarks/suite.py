@@ -10,7 +10,7 @@ For each dataset, in one process and with the same thread count: every installed
 once, then swept over its knob; each setting answers the whole query batch (median of --repeat
 timed runs after a warm-up). --rounds R sweeps all methods R times and reports the median over
 rounds, so slow spells of a shared machine do not land on one method only. Recall@k is
-`peakknn.data.recall_at_k` against the file's ground truth (or an exact fp32 search for
+`peakknn.evaluation.recall_at_k` against the file's ground truth (or an exact fp32 search for
 synthetic data), ties allowed, the same for every method.
 Writes, under --out (default benchmarks/results):
   <dataset>.json        every point (method, setting, recall, queries/s and per round, build s, memory MiB)
@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from peers import METHODS  # noqa: E402
+from peers import METHODS  # benchmarks/peers.py, beside this script
 
-from peakknn.bench import timed, torch_exact  # noqa: E402
-from peakknn.data import Dataset, clustered, load_hdf5, recall_at_k  # noqa: E402
+from peakknn.data import Dataset, clustered, load_hdf5
+from peakknn.evaluation import exact_search, recall_at_k, timed
 
 LOG = logging.getLogger("suite")
 THRESHOLDS = (0.90, 0.95, 0.99)
@@ -62,7 +60,7 @@ def with_truth(ds: Dataset, nq: int, k: int) -> Dataset:
     ds.test = ds.test[:nq]
     ds.neighbors = None if ds.neighbors is None else ds.neighbors[:nq]
     if ds.neighbors is None or ds.neighbors.shape[1] < k:
-        ds.neighbors = torch_exact(torch.from_numpy(ds.train), torch.from_numpy(ds.test), k, ds.metric)
+        ds.neighbors = exact_search(torch.from_numpy(ds.train), torch.from_numpy(ds.test), k, ds.metric)
     return ds
 
 

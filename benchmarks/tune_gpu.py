@@ -5,7 +5,7 @@
     python benchmarks/tune_gpu.py --main-only  # the wide sweep of the main shape alone
 
 For each shape (nq, n, d; bf16, k=10, the bins of recall_target 0.95), every candidate
-`ScanConfig` is first checked against `_scan.scan_winners_reference` on a small problem, then
+`ScanConfig` is first checked against `kernels.scan_winners.scan_winners_reference` on a small problem, then
 timed (median of CUDA-event-timed runs) next to the bare bf16 matmul of the same shape. The
 fastest config per shape is what `_triton_kernels.scan_config` should return there.
 """
@@ -19,7 +19,8 @@ import os
 
 import torch
 
-from peakknn import _backend, _scan
+from peakknn.engine.kernel_scan import kernel_splits
+from peakknn.engine.plan import plan_kernel
 from speed_gpu import bare_matmul, cuda_time
 
 
@@ -29,7 +30,7 @@ def check(kernels, config, d: int) -> bool:
     q = torch.randn(nq, d, device="cuda").bfloat16()
     x = torch.randn(n, d, device="cuda").bfloat16()
     best, rows = kernels.scan_winners(q, x, None, None, bins, 3, config)
-    ref_best, _ = _scan.scan_winners_reference(q, x, torch.zeros(n, device="cuda"), None, bins, 3)
+    ref_best, _ = kernels.scan_winners_reference(q, x, torch.zeros(n, device="cuda"), None, bins, 3)
     scores = q.float() @ x.float().T
     got = scores.gather(1, rows.long().clamp_min(0))
     return bool(torch.allclose(best, ref_best, atol=1e-2 * d**0.5) and torch.allclose(got, best, atol=1e-2 * d**0.5))
@@ -40,7 +41,8 @@ def configs(nq: int, d: int, wide: bool):
     both try one pipelined loop over (tile, depth step) when d takes several steps. (Compiler
     warp specialization, tried on an H100 with triton 3.6: no faster at 8 warps, and at 4 warps
     the compiler failed.)"""
-    kernels = _backend.kernels()
+    from peakknn.kernels import scan_winners as kernels
+
     ks = (64, 128) if d > 128 else (kernels.scan_config(nq, d, 128).block_k,)  # one depth step
     ms = (16, 32, 64) if nq < 64 else (64, 128)
     ns, warps, stages = ((64, 128, 256), (4, 8), (2, 3, 4)) if wide else ((64, 128), (4, 8), (3,))
@@ -50,17 +52,18 @@ def configs(nq: int, d: int, wide: bool):
 
 
 def tune_shape(nq: int, n: int, d: int, repeat: int, wide: bool) -> list[dict]:
-    kernels = _backend.kernels()
+    from peakknn.kernels import scan_winners as kernels
+
     x = torch.randn(n, d, device="cuda").bfloat16()
     q = torch.randn(nq, d, device="cuda").bfloat16()
-    plan = _scan.plan_kernel(n, 10, 0.95, None, torch.bfloat16)
+    plan = plan_kernel(n, 10, 0.95, None, torch.bfloat16)
     _, t_mm = cuda_time(lambda: bare_matmul(q, x), repeat)
     rows = []
     for config in configs(nq, d, wide):
         bins = max(plan.bins, config.block_n)
         try:
             ok = check(kernels, config, d)
-            splits = _scan.kernel_splits(nq, n, bins, config, q.device)
+            splits = kernel_splits(nq, n, bins, config, q.device)
             _, t = cuda_time(lambda: kernels.scan_winners(q, x, None, None, bins, splits, config), repeat)
         except Exception as e:  # out of shared memory / registers for this shape
             print(f"  {config}: {type(e).__name__}: {str(e)[:120]}", flush=True)
@@ -78,10 +81,11 @@ def tune_topk(rows: int, n: int, repeat: int) -> list[dict]:
 
     from peakknn.topk.plan import plan_bins
 
-    kernels = _backend.kernels()
+    from peakknn.kernels import bin_winners as kernels
+
     x = torch.randn(rows, n, device="cuda")
     bins = plan_bins(n, 10, 0.95, 1)
-    ref_best, ref_index = kernels.bin_winners(x[:64], bins, True, 32, 4, 4)
+    ref_best, ref_index = kernels.bin_winners_reference(x[:64], bins, True)
     _, t_topk = cuda_time(lambda: torch.topk(x, 10), repeat)
     out = []
     for block_b, tile, warps in itertools.product((64, 128, 256), (1024, 2048, 4096), (4, 8)):
