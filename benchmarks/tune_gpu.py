@@ -79,9 +79,8 @@ def tune_topk(rows: int, n: int, repeat: int) -> list[dict]:
     """`bin_winners` launch shapes for approx_topk on f32[rows, n] (k=10, recall_target 0.95)."""
     import triton
 
-    from peakknn.topk.plan import plan_bins
-
     from peakknn.kernels import bin_winners as kernels
+    from peakknn.topk.plan import plan_bins
 
     x = torch.randn(rows, n, device="cuda")
     bins = plan_bins(n, 10, 0.95, 1)

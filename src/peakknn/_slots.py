@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._checks import as_ids
 from ._idmap import IdMap
 
 INITIAL_CAPACITY = 1024
@@ -63,6 +64,26 @@ class SlotStore:
     def new_ids(self, m: int) -> np.ndarray:
         """The next m unused ids: next_id, next_id + 1, ..."""
         return np.arange(self.next_id, self.next_id + m, dtype=np.int64)
+
+    def ids_to_add(self, ids, count: int) -> np.ndarray:
+        """i64[count] ids for new rows: the next unused ones (ids None), or `ids` checked (count of
+        them, integers, unique, none stored yet; ValueError otherwise: use upsert)."""
+        if ids is None:
+            return self.new_ids(count)
+        new_ids = as_ids("ids", ids, count)
+        present = new_ids[self.lookup(new_ids) >= 0]
+        if present.size:
+            raise ValueError(f"id {int(present[0])} is already in the index; use upsert to replace it")
+        return new_ids
+
+    def stored(self, ids, consequence: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(ids i64[m], their slots i64[m]) for ids that must all be stored: ValueError naming the
+        first missing one (followed by `consequence`, e.g. " (nothing was removed)")."""
+        wanted = as_ids("ids", ids)
+        slots = self.lookup(wanted)
+        if (slots < 0).any():
+            raise ValueError(f"id {int(wanted[slots < 0][0])} is not in the index{consequence}")
+        return wanted, slots
 
     def capacity_for(self, m: int) -> int:
         """The capacity that taking m more slots needs (the current one while enough are free;

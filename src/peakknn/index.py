@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from . import _backend
-from ._checks import as_id_set, as_ids, as_matrix, check_array, check_int, check_k, check_recall_target, positive_int, renamed
+from ._checks import as_id_set, as_ids, check_array, check_int, check_k, check_recall_target, positive_int, renamed
 from ._slots import SlotStore
 from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, precision_name, scan_dtype
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
 from .engine.rescore import finish
-from .engine.table import normalize_rows, rank_bias, scan_row_width
+from .engine.table import prepare_rows, rank_bias, scan_row_width
 
 FORMAT = "peakknn.index"
 VERSION = 1
@@ -118,13 +118,7 @@ class Index:
         Raises ValueError (and stores nothing) if an id is already present: use `upsert`.
         """
         x = self._prepare(vectors)
-        if ids is None:
-            new_ids = self._slots.new_ids(x.shape[0])
-        else:
-            new_ids = as_ids("ids", ids, x.shape[0])
-            present = new_ids[self._slots.lookup(new_ids) >= 0]
-            if present.size:
-                raise ValueError(f"id {int(present[0])} is already in the index; use upsert to replace it")
+        new_ids = self._slots.ids_to_add(ids, x.shape[0])
         self._write(self._take_slots(x.shape[0]), new_ids, x)
         return torch.from_numpy(new_ids)
 
@@ -143,10 +137,7 @@ class Index:
 
     def remove(self, ids) -> None:
         """Delete ids. Unknown ids raise ValueError and nothing is removed."""
-        gone = as_ids("ids", ids)
-        missing = gone[self._slots.lookup(gone) < 0]
-        if missing.size:
-            raise ValueError(f"id {int(missing[0])} is not in the index (nothing was removed)")
+        gone, _ = self._slots.stored(ids, " (nothing was removed)")
         t = torch.from_numpy(self._slots.release(gone)).to(self.device)
         self._vectors[t] = 0.0
         self._scan_rows[t] = 0.0
@@ -155,10 +146,7 @@ class Index:
 
     def get(self, ids) -> torch.Tensor:
         """f32[m, dim] stored vectors of ids (unit vectors for cosine); unknown ids raise ValueError."""
-        wanted = as_ids("ids", ids)
-        slots = self._slots.lookup(wanted)
-        if (slots < 0).any():
-            raise ValueError(f"id {int(wanted[slots < 0][0])} is not in the index")
+        _, slots = self._slots.stored(ids)
         return self._vectors[torch.from_numpy(slots).to(self.device)].clone()
 
     # ----------------------------------------------------------------- search
@@ -188,9 +176,7 @@ class Index:
         target = self.recall_target if recall_target is None else check_recall_target(recall_target)
         if len(self) == 0:
             raise ValueError("cannot search an empty index: add vectors first")
-        q = as_matrix("queries", queries, self.dim).to(device=self.device, dtype=torch.float32)
-        if self.metric == "cos":
-            q = normalize_rows(q, "queries")
+        q = self._prepare(queries, "queries")
         backend = _backend.resolve(backend, self.device)
         if allowed_ids is None:
             table = _IndexTable(self)
@@ -253,11 +239,8 @@ class Index:
         return index
 
     # ----------------------------------------------------------------- internals
-    def _prepare(self, vectors) -> torch.Tensor:
-        x = as_matrix("vectors", vectors, self.dim).to(device=self.device, dtype=torch.float32)
-        if self.metric == "cos":
-            x = normalize_rows(x, "vectors")
-        return x
+    def _prepare(self, vectors, name: str = "vectors") -> torch.Tensor:
+        return prepare_rows(vectors, name, self.dim, self.metric, self.device)
 
     def _take_slots(self, m: int) -> np.ndarray:
         """Pop m free slots (growing capacity by doubling when short)."""

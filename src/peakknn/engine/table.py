@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from .._checks import round_up
+from .._checks import as_matrix, round_up
 
 SCAN_ALIGN = 16  # scan rows are padded to a multiple of this width (faster matrix kernels)
 
@@ -52,6 +52,14 @@ def normalize_rows(x: torch.Tensor, name: str) -> torch.Tensor:
     if bool((norms == 0).any()):
         raise ValueError(f"{name} has a zero vector (row {int((norms[:, 0] == 0).nonzero()[0])}); cosine needs a direction")
     return x / norms
+
+
+def prepare_rows(value, name: str, dim: int, metric: str, device: torch.device) -> torch.Tensor:
+    """`value` (vectors or queries: [m, dim] or [dim], torch or numpy, any float dtype) as
+    f32[m, dim] on `device`, unit rows for cosine; bad input raises ValueError/TypeError naming
+    `name` (`_checks.as_matrix`)."""
+    x = as_matrix(name, value, dim).to(device=device, dtype=torch.float32)
+    return normalize_rows(x, name) if metric == "cos" else x
 
 
 def rank_bias(x32: torch.Tensor, metric: str) -> torch.Tensor:

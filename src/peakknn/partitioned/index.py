@@ -26,12 +26,12 @@ import os
 import numpy as np
 import torch
 
-from .._checks import as_id_set, as_ids, as_matrix, check_k, positive_int
+from .._checks import as_id_set, as_ids, check_k, positive_int
 from .._slots import SlotStore
 from .._types import MetricLike, SearchResult, check_metric
 from ..engine.plan import DEFAULT_MEMORY
 from ..engine.rescore import finish
-from ..engine.table import normalize_rows, rank_bias
+from ..engine.table import prepare_rows, rank_bias
 from ..quant.codes import check_block_dims
 from . import persist, scan, training
 from .settings import ADAPTIVE_SPREAD, PartitionSettings, SearchSettings
@@ -177,13 +177,7 @@ class PartitionedIndex:
         """Insert rows f32[m, dim]; ids i64[m] (default: next free ids). Returns the ids.
         Raises ValueError (storing nothing) if an id is already present: use `upsert`."""
         x = self._prepare(vectors, "vectors")
-        if ids is None:
-            new_ids = self._slots.new_ids(x.shape[0])
-        else:
-            new_ids = as_ids("ids", ids, x.shape[0])
-            present = new_ids[self._slots.lookup(new_ids) >= 0]
-            if present.size:
-                raise ValueError(f"id {int(present[0])} is already in the index; use upsert to replace it")
+        new_ids = self._slots.ids_to_add(ids, x.shape[0])
         self._insert(new_ids, x)
         return torch.from_numpy(new_ids)
 
@@ -199,18 +193,12 @@ class PartitionedIndex:
 
     def remove(self, ids) -> None:
         """Delete ids. Unknown ids raise ValueError and nothing is removed."""
-        gone = as_ids("ids", ids)
-        missing = gone[self._slots.lookup(gone) < 0]
-        if missing.size:
-            raise ValueError(f"id {int(missing[0])} is not in the index (nothing was removed)")
+        gone, _ = self._slots.stored(ids, " (nothing was removed)")
         self._delete(gone)
 
     def get(self, ids) -> torch.Tensor:
         """f32[m, dim] stored vectors of ids (needs keep_vectors or an untrained index)."""
-        wanted = as_ids("ids", ids)
-        slots = self._slots.lookup(wanted)
-        if (slots < 0).any():
-            raise ValueError(f"id {int(wanted[slots < 0][0])} is not in the index")
+        _, slots = self._slots.stored(ids)
         if self._vectors.shape[0] == 0 and slots.size:
             raise ValueError("this index keeps no vectors (keep_vectors=False): only codes are stored")
         return self._vectors[torch.from_numpy(slots).to(self.device)].clone()
@@ -289,10 +277,7 @@ class PartitionedIndex:
 
     # ----------------------------------------------------------------- internals
     def _prepare(self, vectors, name: str) -> torch.Tensor:
-        x = as_matrix(name, vectors, self.dim).to(device=self.device, dtype=torch.float32)
-        if self.metric == "cos":
-            x = normalize_rows(x, name)
-        return x
+        return prepare_rows(vectors, name, self.dim, self.metric, self.device)
 
     def _take_slots(self, m: int) -> np.ndarray:
         capacity = self._slots.capacity_for(m)
