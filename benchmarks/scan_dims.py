@@ -1,6 +1,6 @@
 """PartitionedIndex: the projected first pass (`PartitionSettings.scan_dims`) side by side.
 
-    python benchmarks/scan_dims.py --dataset ../shared/datasets/debian-minilm-384-angular.hdf5
+    python benchmarks/scan_dims.py --dataset debian-minilm-384-angular.hdf5
     python benchmarks/scan_dims.py --synthetic 200000x128 --scan-dims none,auto,96
 
 Builds one index per scan_dims setting (same partitions, seed and data), then for each probe

@@ -1,6 +1,6 @@
 """Speed targets of the foundation issue, measured side by side in one run (prints a table).
 
-    python benchmarks/speed_cpu.py [--dataset ../shared/datasets/debian-minilm-384-angular.hdf5]
+    python benchmarks/speed_cpu.py [--dataset debian-minilm-384-angular.hdf5]
 
 1. search at recall@10 >= 0.99 vs FAISS IndexFlatIP (2 threads each): 1,000,000 x 128 random
    vectors with 1,000 queries, and the ann-benchmarks file if given.

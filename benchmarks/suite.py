@@ -1,6 +1,6 @@
 """peakknn against its peers: recall / queries-per-second sweeps, a summary table and plots.
 
-    python benchmarks/suite.py --dataset ../shared/datasets/debian-minilm-384-angular.hdf5
+    python benchmarks/suite.py --dataset debian-minilm-384-angular.hdf5
     python benchmarks/suite.py --synthetic 200000x128        # clustered unit vectors, cosine
     python benchmarks/suite.py --quick                        # CI-sized: 20,000 x 64, few settings
     python benchmarks/suite.py --methods peakknn,faiss-flat   # a subset (names in peers.METHODS)

@@ -1,6 +1,6 @@
 """Shared types: metrics, precisions and the search result.
 
-One metric table (STYLE.md #6): every metric is ranked by a cheap "larger is better" score
+One metric table (docs/ALGORITHMS.md section 1): every metric is ranked by a cheap "larger is better" score
 inside the scan, and corrected once at the end:
 
 | metric | scan score (larger wins)  | reported score                  | filler |

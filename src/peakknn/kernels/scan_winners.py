@@ -150,16 +150,16 @@ def scan_winners(
         raise ValueError(f"config.block_n={config.block_n} must divide bins={bins}")
     split_rows = round_up(ceil_div(n, splits), bins)
     splits = ceil_div(n, split_rows)
-    width = splits * bins
-    best = torch.empty((nq, width), dtype=torch.float32, device=q.device)
-    rows = torch.empty((nq, width), dtype=torch.int32, device=q.device)
+    winners = splits * bins
+    best = torch.empty((nq, winners), dtype=torch.float32, device=q.device)
+    rows = torch.empty((nq, winners), dtype=torch.int32, device=q.device)
     bias_arg = best if bias is None else bias  # never read without HAS_BIAS
     mask_arg = best if mask is None else mask.to(torch.uint8)  # never read without HAS_MASK
     grid = (triton.cdiv(nq, config.block_m), bins // config.block_n, splits)
     _scan_winners_kernel[grid](
         q, x, bias_arg, mask_arg, best, rows,
         nq, n, d, bins, split_rows,
-        q.stride(0), x.stride(0), width,
+        q.stride(0), x.stride(0), winners,
         HAS_BIAS=bias is not None, HAS_MASK=mask is not None, UPCAST=interpreting(),
         ONE_K_STEP=d <= config.block_k, EVEN_K=d % config.block_k == 0,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,

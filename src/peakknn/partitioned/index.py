@@ -243,9 +243,9 @@ class PartitionedIndex:
         q = self._prepare(queries, "queries")
         probe = min(probe, self.settings.partitions)
         gap = self.probe_gap(probe) if adaptive else None
-        width = probe if gap is None else min(self._probe_gaps.shape[0], ADAPTIVE_SPREAD * probe)
+        considered = probe if gap is None else min(self._probe_gaps.shape[0], ADAPTIVE_SPREAD * probe)
         bias = self._entries.lists.bias if allowed_ids is None else self._filtered_bias(allowed_ids)
-        rank, slot = scan.search(self, q, k, width, gap, self._rerank_depth(k, rerank), bias, max_memory)
+        rank, slot = scan.search(self, q, k, considered, gap, self._rerank_depth(k, rerank), bias, max_memory)
         ids = self._slots.slot_ids[slot.cpu()].to(slot.device)
         result = finish(rank, ids, self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())

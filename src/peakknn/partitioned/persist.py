@@ -100,10 +100,10 @@ def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None,
         raise ValueError(f"{where}: partition sizes do not add up to {entries} entries ({count} rows x {copies})")
     projection = arrays.get("projection")
     if isinstance(s.scan_dims, int) or (s.scan_dims == "auto" and projection is not None):  # "auto" may keep all dims
-        width = s.scan_dims if isinstance(s.scan_dims, int) else (projection.shape[-1] if projection.ndim else 0)
-        if not 1 <= width <= dim:
+        m = s.scan_dims if isinstance(s.scan_dims, int) else (projection.shape[-1] if projection.ndim else 0)
+        if not 1 <= m <= dim:
             raise ValueError(f"{where}: array 'projection' must be f32[{dim}, m], 1 <= m <= {dim}")
-        projection = check_array(arrays, "projection", torch.float32, (dim, width), where).to(index.device)
+        projection = check_array(arrays, "projection", torch.float32, (dim, m), where).to(index.device)
     else:
         projection = None
     gaps = None

@@ -38,10 +38,10 @@ CENTRE_SCORE_BYTES = 8  # per (query, partition) of the centre scores, for the m
 MAX_QUERY_BLOCK = 4096
 
 
-def search(index, q: torch.Tensor, k: int, width: int, gap: float | None, depth: int | None, bias: torch.Tensor, max_memory: int):
+def search(index, q: torch.Tensor, k: int, considered: int, gap: float | None, depth: int | None, bias: torch.Tensor, max_memory: int):
     """(rank f32[nq, k], slots i64[nq, k]) of queries q f32[nq, d] against `index` (a trained
-    PartitionedIndex): each query probes its `width` best partitions, or with a gap those of
-    them within gap * |q| of its best; depth: candidates re-ranked exactly (None: none, code
+    PartitionedIndex): each query considers its `considered` best partitions by centre score and
+    probes all of them, or with a gap those within gap * |q| of its best; depth: candidates re-ranked exactly (None: none, code
     scores are returned); bias f32[pages, page rows]: rank bias of every page row, -inf = skip."""
     lists: PagedLists = index._entries.lists
     centres = index._centres
@@ -53,8 +53,8 @@ def search(index, q: torch.Tensor, k: int, width: int, gap: float | None, depth:
 
     def outer_block(qo: torch.Tensor, _start: int):
         dot_c = qo @ centres.T if centres16 is None else (qo.to(torch.bfloat16) @ centres16.T).float()  # [nq, P]
-        top, pids = torch.topk(dot_c if centre_bias is None else dot_c + centre_bias, width, dim=1)
-        take = None  # all `width` partitions of every query
+        top, pids = torch.topk(dot_c if centre_bias is None else dot_c + centre_bias, considered, dim=1)
+        take = None  # all `considered` partitions of every query
         if gap is not None:  # the partitions within gap * |q| of each query's best
             take = (top[:, :1] - top) <= gap * torch.linalg.vector_norm(qo, dim=1, keepdim=True)
         # the score buffer holds (most pages of one query) x page rows per query: split the

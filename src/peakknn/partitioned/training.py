@@ -141,8 +141,8 @@ def probe_gaps(sample: torch.Tensor, centres: torch.Tensor, metric: str) -> torc
     m = gaps.shape[0]
     out = torch.full((c,), float("inf"))
     for p in range(1, c):
-        width = min(c, ADAPTIVE_SPREAD * p)
-        out[p - 1] = torch.kthvalue(gaps[:, :width].reshape(-1), m * p).values  # m * p gaps lie within it
+        considered = min(c, ADAPTIVE_SPREAD * p)
+        out[p - 1] = torch.kthvalue(gaps[:, :considered].reshape(-1), m * p).values  # m * p gaps lie within it
     return out.to(centres.device)
 
 

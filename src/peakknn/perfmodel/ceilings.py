@@ -86,9 +86,9 @@ def _best_time(fn, device: torch.device, repeat: int) -> float:
 
 def _scan_step(q: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
     """One chunk of the torch engine's scan (see engine.torch_scan.scan_cells), with groups = 16."""
-    nq, width = out.shape
+    nq, chunk = out.shape
     torch.mm(q, x.T, out=out)
-    chunk_best = torch.amax(out.view(nq, 16, width // 16), dim=1)
+    chunk_best = torch.amax(out.view(nq, 16, chunk // 16), dim=1)
     best = chunk_best.roll(1, dims=1)
     better = chunk_best > best
     torch.maximum(best, chunk_best, out=best)
@@ -103,12 +103,12 @@ def measure(device="cpu", *, repeat: int = 5) -> Ceilings:
         dtype = scan_dtype(name)
         q = torch.randn(PROBE_QUERIES, PROBE_DIM, device=dev).to(dtype)
         rates, steps = {}, {}
-        for width in CHUNK_WIDTHS:
-            x = torch.randn(width, PROBE_DIM, device=dev).to(dtype)
-            out = torch.empty(PROBE_QUERIES, width, dtype=dtype, device=dev)
+        for chunk in CHUNK_WIDTHS:
+            x = torch.randn(chunk, PROBE_DIM, device=dev).to(dtype)
+            out = torch.empty(PROBE_QUERIES, chunk, dtype=dtype, device=dev)
             secs = _best_time(lambda: torch.mm(q, x.T, out=out), dev, repeat)
-            rates[width] = 2.0 * PROBE_QUERIES * width * PROBE_DIM / secs
-            steps[width] = width / _best_time(lambda: _scan_step(q, x, out), dev, repeat)
+            rates[chunk] = 2.0 * PROBE_QUERIES * chunk * PROBE_DIM / secs
+            steps[chunk] = chunk / _best_time(lambda: _scan_step(q, x, out), dev, repeat)
         flops[name] = max(rates.values())
         # the engine's chunk: the narrowest width whose whole scan step (product, strided max,
         # running-state update) runs within CHUNK_TOLERANCE of the best rate per score

@@ -29,5 +29,6 @@ def __getattr__(name: str):
         import warnings
 
         warnings.warn(f"peakknn.quant.{name} is now peakknn.{name} (peakknn.partitioned)", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("peakknn.partitioned"), name)
+        value = globals()[name] = getattr(importlib.import_module("peakknn.partitioned"), name)  # warn once
+        return value
     raise AttributeError(f"module 'peakknn.quant' has no attribute {name!r}")

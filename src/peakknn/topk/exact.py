@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import torch
 
-WIDTH = 16  # members per bin: the second pass reads k * WIDTH elements per row
+MEMBERS = 16  # members per bin: the second pass reads k * MEMBERS elements per row
 
 
-def exact_topk_rows(x: torch.Tensor, k: int, width: int = WIDTH) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_topk_rows(x: torch.Tensor, k: int, members: int = MEMBERS) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, columns) of the k largest entries of each row of x [rows, n], sorted descending.
 
     Same contract as torch.topk(x, k, dim=1) except that tied values may be picked differently.
-    Needs 1 <= k <= n. Falls back to torch.topk when rows are narrow or n % width != 0.
+    Needs 1 <= k <= n. Falls back to torch.topk when rows are narrow or n % members != 0.
     """
     rows, n = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    bins = n // width
-    if n % width or bins <= 2 * k:
+    bins = n // members
+    if n % members or bins <= 2 * k:
         return torch.topk(x, k, dim=1)
     x = x.contiguous()
-    maxima = x.view(rows, width, bins).amax(1)  # [rows, bins]
+    maxima = x.view(rows, members, bins).amax(1)  # [rows, bins]
     _, winners = torch.topk(maxima, k, dim=1)
-    members = (winners.unsqueeze(2) + torch.arange(width, device=x.device) * bins).view(rows, k * width)
-    values, pos = torch.topk(x.gather(1, members), k, dim=1)
-    return values, members.gather(1, pos)
+    columns = (winners.unsqueeze(2) + torch.arange(members, device=x.device) * bins).view(rows, k * members)
+    values, pos = torch.topk(x.gather(1, columns), k, dim=1)
+    return values, columns.gather(1, pos)
