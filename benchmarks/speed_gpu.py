@@ -19,6 +19,7 @@ import statistics
 import torch
 
 import peakknn
+from peakknn.evaluation import exact_search, recall
 
 MATMUL_CHUNK = 1 << 18  # database rows per bare-matmul chunk (8192 x 262144 bf16 = 4 GiB output)
 
@@ -44,15 +45,6 @@ def bare_matmul(q: torch.Tensor, x: torch.Tensor) -> None:
         torch.matmul(q, part.T, out=out[:, : part.shape[0]])
 
 
-def torch_way(q: torch.Tensor, x: torch.Tensor, k: int, block: int = 512) -> torch.Tensor:
-    """Exact: matmul + topk over query blocks. i64[nq, k]."""
-    return torch.cat([torch.topk(q[i : i + block] @ x.T, k, dim=1).indices for i in range(0, q.shape[0], block)])
-
-
-def recall(got: torch.Tensor, truth: torch.Tensor) -> float:
-    return float((got.unsqueeze(2) == truth.unsqueeze(1)).any(2).double().mean())
-
-
 def search_row(nq: int, n: int, d: int, k: int, target: float, repeat: int, with_torch: bool) -> str:
     x = torch.randn(n, d, device="cuda")
     q = torch.randn(nq, d, device="cuda")
@@ -62,13 +54,13 @@ def search_row(nq: int, n: int, d: int, k: int, target: float, repeat: int, with
     res, t_search = cuda_time(lambda: index.search(q, k, recall_target=target), repeat)
     _, t_mm = cuda_time(lambda: bare_matmul(qb, xb), repeat)
     sub = min(nq, 256)
-    truth = torch_way(q[:sub], x, k).cpu()
+    truth = exact_search(x, q[:sub], k, "ip", block=512)  # the PyTorch user's way: matmul + topk
     rec = recall(res.ids[:sub], truth)
     tflops = 2 * nq * n * d / t_mm / 1e12
     ours = 2 * nq * n * d / t_search / 1e12
     cells = [f"{nq:,}", f"{n:,}", str(d), f"{t_search * 1e3:.2f}", f"{t_mm * 1e3:.2f}", f"{t_search / t_mm:.2f}", f"{100 * t_mm / t_search:.0f}%", f"{tflops:.0f}", f"{ours:.0f}"]
     if with_torch:
-        _, t_torch = cuda_time(lambda: torch_way(qb, xb, k), max(1, repeat // 2))
+        _, t_torch = cuda_time(lambda: exact_search(xb, qb, k, "ip", block=512), max(1, repeat // 2))
         cells += [f"{t_torch * 1e3:.1f}", f"{t_torch / t_search:.2f}x"]
     else:
         cells += ["–", "–"]
