@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from peakknn.cli import main
-from peakknn.data import recall_at_k
+from peakknn.evaluation import recall_at_k
 
 
 @pytest.fixture

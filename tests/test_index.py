@@ -1,23 +1,23 @@
 import numpy as np
 import pytest
 import torch
-from conftest import exact_rank, recall_with_ties
 
 from peakknn import Index
-from peakknn._scan import plan_scan
+from peakknn.engine.plan import plan_scan
+from peakknn.evaluation import exact_rank, recall_with_ties
 
 
-def make(n=2000, d=16, metric="ip", dtype="bf16"):
-    index = Index(d, metric=metric, dtype=dtype)
+def make(n=2000, d=16, metric="ip", precision="bf16"):
+    index = Index(d, metric=metric, precision=precision)
     x = torch.randn(n, d)
     ids = index.add(x)
     return index, x, ids
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cos"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_exact_search_matches_reference(metric, dtype):
-    index, x, ids = make(3000, 24, metric, dtype)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_search_matches_reference(metric, precision):
+    index, x, ids = make(3000, 24, metric, precision)
     assert torch.equal(ids, torch.arange(3000))
     q = torch.randn(20, 24)
     res = index.search(q, 10, recall_target=1.0)
@@ -41,9 +41,9 @@ def test_remove_never_comes_back_and_slots_are_reused():
     for target in (1.0, 0.9):
         res = index.search(q, 20, recall_target=target)
         assert not bool(torch.isin(res.ids, torch.arange(50)).any())
-    cap = index._capacity
+    cap = index._slots.capacity
     index.add(torch.randn(50, 16), ids=np.arange(5000, 5050))
-    assert index._capacity == cap and len(index) == 3000
+    assert index._slots.capacity == cap and len(index) == 3000
 
 
 def test_remove_everything_gives_fillers():
@@ -84,7 +84,7 @@ def test_growth_by_doubling():
     caps = []
     for _ in range(40):
         index.add(torch.randn(100, 8))
-        caps.append(index._capacity)
+        caps.append(index._slots.capacity)
     assert sorted(set(caps)) == [1024, 2048, 4096]
 
 
@@ -106,7 +106,7 @@ def _periodic_adversary(n, d, k, bins):
 @pytest.mark.parametrize("insert", ["one_batch", "row_by_row_sorted", "clustered"])
 def test_storage_order_cannot_break_recall(insert):
     d, n, k, target = 16, 20000, 10, 0.9
-    index = Index(d, dtype="fp32", recall_target=target)
+    index = Index(d, precision="fp32", recall_target=target)
     if insert == "one_batch":
         bins = plan_scan(n, k, target, None, torch.float32).bins
         x, q = _periodic_adversary(n, d, k, bins)
@@ -166,10 +166,38 @@ def test_bad_input_leaves_index_unchanged(call, err):
 def test_empty_index_and_bad_settings():
     with pytest.raises(ValueError, match="empty"):
         Index(4).search(torch.randn(1, 4), 1)
-    for kwargs in ({"metric": "manhattan"}, {"dtype": "int4"}, {"recall_target": 0.0}):
+    for kwargs in ({"metric": "manhattan"}, {"precision": "int4"}, {"recall_target": 0.0}):
         with pytest.raises(ValueError):
             Index(4, **kwargs)
     with pytest.raises(ValueError):
         Index(0)
     with pytest.raises(ValueError, match="zero vector"):
         Index(3, metric="cos").add(torch.zeros(1, 3))
+
+
+def test_old_dtype_keyword_warns_and_gives_identical_results():
+    x, q = torch.randn(3000, 16), torch.randn(20, 16)
+    new = Index(16, precision="fp32")
+    with pytest.warns(DeprecationWarning, match="dtype= is now called precision=") as record:
+        old = Index(16, dtype="fp32")
+    assert record[0].filename == __file__  # the warning names the caller's line
+    assert old.precision == new.precision == "fp32" and old.scan_dtype == torch.float32
+    assert repr(old) == repr(new) and "precision='fp32'" in repr(old) and "dtype" not in repr(old)
+    new.add(x)
+    old.add(x)
+    a, b = new.search(q, 10, recall_target=0.9), old.search(q, 10, recall_target=0.9)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
+    with pytest.raises(TypeError, match="precision"):
+        Index(16, dtype="fp32", precision="fp32")
+
+
+def test_old_candidates_keyword_warns_and_gives_identical_results():
+    index, x, _ = make(5000, 16)
+    q = torch.randn(20, 16)
+    new = index.search(q, 10, recall_target=0.9, rerank=40)
+    with pytest.warns(DeprecationWarning, match="candidates= is now called rerank=") as record:
+        old = index.search(q, 10, recall_target=0.9, candidates=40)
+    assert record[0].filename == __file__
+    assert torch.equal(old.ids, new.ids) and torch.equal(old.scores, new.scores)
+    with pytest.raises(TypeError, match="rerank"):
+        index.search(q, 10, rerank=40, candidates=40)

@@ -1,9 +1,12 @@
+"""Saved indexes: the bundle layout (peakknn.io) and the flat Index's format (peakknn.index)."""
+
 import json
 
 import pytest
 import torch
 
-from peakknn import Index
+import peakknn.index
+from peakknn import Index, io
 
 
 @pytest.fixture
@@ -18,9 +21,9 @@ def saved(tmp_path):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cos"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_round_trip_identical_results(tmp_path, metric, dtype):
-    index = Index(12, metric=metric, dtype=dtype, recall_target=0.9)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_round_trip_identical_results(tmp_path, metric, precision):
+    index = Index(12, metric=metric, precision=precision, recall_target=0.9)
     index.add(torch.randn(5000, 12))
     index.remove([0, 17])
     q = torch.randn(40, 12)
@@ -109,3 +112,27 @@ def test_mismatched_arrays_rejected_even_with_valid_checksum(saved):
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="vectors"):
         Index.load(path)
+
+
+def test_bundle_round_trip_and_checks(tmp_path):
+    arrays = {"a": torch.arange(6, dtype=torch.int64).view(2, 3), "b": torch.randn(4).bfloat16()}
+    io.write_bundle(tmp_path / "b", {"format": "test.fmt", "version": 3, "field": [1, "x"]}, arrays)
+    manifest, got, path = io.read_bundle(tmp_path / "b", "test.fmt", 3)
+    assert manifest["field"] == [1, "x"] and manifest["arrays"] == path.name and path.parent == tmp_path / "b"
+    assert set(got) == set(arrays) and all(torch.equal(got[k], arrays[k]) for k in arrays)
+    with pytest.raises(ValueError, match="other.fmt"):
+        io.read_bundle(tmp_path / "b", "other.fmt", 3)
+    with pytest.raises(ValueError, match="version"):
+        io.read_bundle(tmp_path / "b", "test.fmt", 4)
+    m = json.loads((tmp_path / "b" / io.MANIFEST).read_text())
+    (tmp_path / "outside.safetensors").write_bytes((tmp_path / "b" / m["arrays"]).read_bytes())
+    (tmp_path / "b" / io.MANIFEST).write_text(json.dumps(dict(m, arrays="../outside.safetensors")))
+    with pytest.raises(ValueError, match="missing"):  # only a file inside the directory is read
+        io.read_bundle(tmp_path / "b", "test.fmt", 3)
+
+
+def test_flat_index_writes_its_own_format(saved):
+    index, path = saved
+    manifest, arrays, _ = io.read_bundle(path, peakknn.index.FORMAT, peakknn.index.VERSION)
+    assert manifest["format"] == "peakknn.index" and manifest["count"] == len(index) == 3000 - 3  # ids 10 and 777 were replaced
+    assert manifest["dtype"] == index.precision and torch.equal(arrays["ids"].sort().values, index.ids)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import peakknn
-from peakknn.quant import PartitionedIndex, PartitionSettings
+from peakknn import PartitionedIndex, PartitionSettings
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 D = 32
@@ -38,14 +38,14 @@ def check_life_cycle(index, x, q, search, exact_rerank=True):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cos"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_index_life_cycle(tmp_path, data, metric, dtype):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_index_life_cycle(tmp_path, data, metric, precision):
     x, q = data
-    index = peakknn.Index(D, metric=metric, dtype=dtype, device=DEVICE)
+    index = peakknn.Index(D, metric=metric, precision=precision, device=DEVICE)
     index.add(x)
     exact = peakknn.search(q, x, 10, metric=metric, recall_target=1.0).ids
     assert index.search(q, 10, recall_target=0.95).mean_recall(exact) >= 0.9
-    index = peakknn.Index(D, metric=metric, dtype=dtype, device=DEVICE)
+    index = peakknn.Index(D, metric=metric, precision=precision, device=DEVICE)
     check_life_cycle(index, x, q, lambda i, qq, k, **kw: i.search(qq, k, **kw))
     index.save(tmp_path / "flat")
     loaded = peakknn.Index.load(tmp_path / "flat", device=DEVICE)

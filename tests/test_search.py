@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import exact_rank, recall_with_ties
 
 from peakknn import search
+from peakknn.evaluation import exact_rank, recall_with_ties
 
 TOL = {"fp32": 1e-3, "bf16": 1e-3}  # scores are re-computed in fp32: compare with float64 loosely
 
@@ -127,40 +127,12 @@ def test_bad_input(call, err):
         call()
 
 
-class _RowsTable:
-    """A plain table for _scan.rescore: rows x, with some slots dead."""
-
-    def __init__(self, x, dead=()):
-        self.x, self.live = x, torch.ones(x.shape[0], dtype=torch.bool)
-        self.live[list(dead)] = False
-
-    def exact_rows(self, slots):
-        return self.x[slots]
-
-    def alive(self, slots):
-        return self.live[slots]
-
-
-@pytest.mark.parametrize("rows", [1, 7, 1024, 1 << 20])  # candidate rows gathered per chunk
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-@pytest.mark.parametrize("nq,m,k", [(1, 1, 1), (5, 3, 10), (37, 20, 10), (300, 40, 40)])
-def test_rescore_matches_float64_reference(monkeypatch, rows, metric, nq, m, k):
-    from peakknn import _scan
-
-    monkeypatch.setattr(_scan, "RESCORE_ROWS", rows)
-    monkeypatch.setattr(_scan, "RESCORE_MIN_QUERIES", 1)
-    g = torch.Generator().manual_seed(nq * 100 + m)
-    x, q = torch.randn(500, 24, generator=g), torch.randn(nq, 24, generator=g)
-    slots = torch.randint(0, 500, (nq, m), generator=g)
-    valid = torch.rand(nq, m, generator=g) > 0.2
-    table = _RowsTable(x, dead=range(0, 500, 7))
-    rank, top = _scan.rescore(table, q, slots, valid, k, metric, 1 << 30)
-    assert rank.shape == top.shape == (nq, k)
-    ref = -torch.cdist(q.double(), x.double()).square() if metric == "l2" else q.double() @ x.double().T
-    cand = ref.gather(1, slots).masked_fill(~(valid & table.live[slots]), float("-inf"))
-    want = torch.topk(cand, min(k, m), dim=1).values
-    assert torch.allclose(rank[:, : min(k, m)].double(), want, atol=1e-4, rtol=1e-5)
-    assert bool((rank[:, min(k, m) :] == float("-inf")).all())
-    found = rank > float("-inf")  # each reported slot is a live, valid candidate with that score
-    assert bool(table.live[top[found]].all())
-    assert torch.allclose(ref.gather(1, top)[found], rank[found].double(), atol=1e-4, rtol=1e-5)
+def test_old_candidates_keyword_warns_and_gives_identical_results():
+    x, q = torch.randn(5000, 16), torch.randn(20, 16)
+    new = search(q, x, 10, recall_target=0.9, precision="bf16", rerank=40)
+    with pytest.warns(DeprecationWarning, match="candidates= is now called rerank=") as record:
+        old = search(q, x, 10, recall_target=0.9, precision="bf16", candidates=40)
+    assert record[0].filename == __file__  # the warning names the caller's line
+    assert torch.equal(old.ids, new.ids) and torch.equal(old.scores, new.scores)
+    with pytest.raises(TypeError, match="rerank"):
+        search(q, x, 10, rerank=40, candidates=40)

@@ -93,7 +93,7 @@ class SlotStore:
         return max(INITIAL_CAPACITY, 2 * self.capacity, self.capacity + m - self.free.size)
 
     def grow(self, capacity: int) -> None:
-        """Add slots up to `capacity` (free, handed out before the older free ones)."""
+        """Add slots up to `capacity` (free; the older free slots are handed out first)."""
         old = self.capacity
         if capacity <= old:
             return

@@ -27,8 +27,9 @@ def run_blocks(q: torch.Tensor, block: int, search_block: Callable[[torch.Tensor
     concatenated; an empty q gives empty [0, k] results."""
     if q.shape[0] == 0:
         return torch.empty((0, k), device=q.device), torch.empty((0, k), dtype=torch.int64, device=q.device)
+    block = max(1, int(block))
     ranks, slots = [], []
-    for i in range(0, q.shape[0], max(1, block)):
+    for i in range(0, q.shape[0], block):
         r, s = search_block(q[i : i + block], i)
         ranks.append(r)
         slots.append(s)

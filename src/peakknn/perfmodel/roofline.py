@@ -25,7 +25,7 @@ import dataclasses
 import math
 
 from .._types import default_rerank, scan_dtype
-from .ceilings import Ceilings, dtype_key
+from .machine import Ceilings, dtype_key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""PagedLists against a plain model (one Python list per partition) through random appends and removals."""
+"""PagedLists (peakknn.partitioned.pages) against a plain model (one Python list per partition) through random appends and removals."""
 
 import numpy as np
 import pytest
 import torch
 
-from peakknn.quant._paged import PagedLists
+from peakknn.partitioned.pages import PagedLists
 
 
 def check_against_model(lists: PagedLists, model: list[list[tuple[int, float]]]):

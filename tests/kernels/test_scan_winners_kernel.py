@@ -1,18 +1,22 @@
-"""Triton kernels against their plain-torch specifications.
+"""The fused scan kernel (peakknn.kernels.scan_winners) against its plain-torch specification,
+and the flat searches that run through it (backend="triton").
 
-Without a GPU they run in Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1);
+Without a GPU it runs in Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1);
 with one, the same tests run on CUDA. The module is skipped when triton is not installed.
 """
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-import peakknn
-from peakknn import _backend, _scan
-from peakknn.topk import approx_topk_reference
-
 pytest.importorskip("triton")
-kernels = _backend.kernels()
+
+import peakknn  # noqa: E402
+from peakknn import _backend  # noqa: E402
+from peakknn.kernels import scan_winners as kernel  # noqa: E402
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
@@ -47,8 +51,8 @@ def test_scan_winners_matches_reference(nq, n, d, bins, splits, dtype, masked):
     bias = -0.5 * (x.float() ** 2).sum(1)
     bias[torch.randperm(n, device=DEVICE)[: n // 5]] = float("-inf")  # deleted rows
     mask = (torch.rand(n, device=DEVICE) < 0.7) if masked else None
-    best, rows = kernels.scan_winners(q, x, bias, mask, bins, splits)
-    ref_best, ref_rows = _scan.scan_winners_reference(q, x, bias, mask, bins, splits)
+    best, rows = kernel.scan_winners(q, x, bias, mask, bins, splits)
+    ref_best, ref_rows = kernel.scan_winners_reference(q, x, bias, mask, bins, splits)
     scores = q.float() @ x.float().T + bias
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -62,60 +66,54 @@ def test_scan_winners_without_bias_and_other_launch_shapes(d):
     q = torch.randn(nq, d).bfloat16().to(DEVICE)
     x = torch.randn(n, d).bfloat16().to(DEVICE)
     zero = torch.zeros(n, device=DEVICE)
-    ref_best, ref_rows = _scan.scan_winners_reference(q, x, zero, None, bins, 2)
+    ref_best, ref_rows = kernel.scan_winners_reference(q, x, zero, None, bins, 2)
     scores = q.float() @ x.float().T
-    shapes = [None, kernels.ScanConfig(16, 64, 16, 4, 2), kernels.ScanConfig(64, 32, 64, 8, 4), kernels.ScanConfig(32, 16, 128)]
+    shapes = [None, kernel.ScanConfig(16, 64, 16, 4, 2), kernel.ScanConfig(64, 32, 64, 8, 4), kernel.ScanConfig(32, 16, 128)]
     for config in shapes:
-        best, rows = kernels.scan_winners(q, x, None, None, bins, 2, config)
+        best, rows = kernel.scan_winners(q, x, None, None, bins, 2, config)
         check_winners(best, rows, ref_best, ref_rows, scores, 1e-2 * d**0.5)
     with pytest.raises(ValueError, match="must divide bins"):
-        kernels.scan_winners(q, x, None, None, 48, 1, kernels.ScanConfig(16, 32, 16))
+        kernel.scan_winners(q, x, None, None, 48, 1, kernel.ScanConfig(16, 32, 16))
 
 
 def test_scan_winners_rejects_mismatched_inputs():
     q = torch.randn(2, 8, device=DEVICE)
     with pytest.raises(ValueError, match="share d"):
-        kernels.scan_winners(q, torch.randn(20, 9, device=DEVICE), torch.zeros(20, device=DEVICE), None, 16, 1)
+        kernel.scan_winners(q, torch.randn(20, 9, device=DEVICE), torch.zeros(20, device=DEVICE), None, 16, 1)
     with pytest.raises(ValueError, match="multiple of 16"):
-        kernels.scan_winners(q, torch.randn(20, 8, device=DEVICE), torch.zeros(20, device=DEVICE), None, 24, 1)
+        kernel.scan_winners(q, torch.randn(20, 8, device=DEVICE), torch.zeros(20, device=DEVICE), None, 24, 1)
 
 
-TOPK_SHAPES = [((3, 10007), -1), ((2, 3, 4099), 2), ((700, 2), 0), ((4, 500), 1), ((1, 65), -1)]
+@pytest.mark.parametrize("nq,n,bins,splits", [(3, 100, 16, 1), (4, 1000, 32, 3), (2, 33, 16, 5), (5, 64, 16, 4)])
+def test_scan_winners_reference_is_the_best_row_of_each_slice_column(nq, n, bins, splits):
+    """The specification itself, against a loop over (query, slice, column): slices of
+    round_up(ceil(n / splits), bins) rows, column (j - slice start) mod bins, the lowest row
+    among equal bests, row -1 where a column has no finite score."""
+    g = torch.Generator().manual_seed(n + splits)
+    q = torch.randint(-2, 3, (nq, 4), generator=g).float()
+    x = torch.randint(-2, 3, (n, 4), generator=g).float()  # small integers: exact scores, many ties
+    bias = torch.zeros(n)
+    bias[torch.randperm(n, generator=g)[: n // 3]] = float("-inf")
+    mask = torch.rand(n, generator=g) < 0.8
+    best, rows = kernel.scan_winners_reference(q, x, bias, mask, bins, splits)
+    scores = (q.double() @ x.double().T + bias.double()).masked_fill(~mask, float("-inf")).numpy()
+    split_rows = math.ceil(math.ceil(n / splits) / bins) * bins  # round_up(ceil(n / splits), bins)
+    slices = math.ceil(n / split_rows)
+    assert best.shape == rows.shape == (nq, slices * bins) and rows.dtype == torch.int32
+    want_best = np.full((nq, slices * bins), -np.inf)
+    want_rows = np.full((nq, slices * bins), -1)
+    for i in range(nq):
+        for s in range(slices):
+            for c in range(bins):
+                members = range(s * split_rows + c, min(n, (s + 1) * split_rows), bins)
+                for j in members:  # strictly better wins: the lowest row among equals stays
+                    if scores[i, j] > want_best[i, s * bins + c]:
+                        want_best[i, s * bins + c], want_rows[i, s * bins + c] = scores[i, j], j
+    assert rows.tolist() == want_rows.tolist()
+    np.testing.assert_allclose(best.double().numpy(), want_best, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape,dim", TOPK_SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("largest", [True, False])
-def test_approx_topk_kernel_matches_reference(shape, dim, dtype, largest):
-    x = torch.randn(shape).to(dtype).to(DEVICE)
-    n = x.shape[dim]
-    for k in sorted({1, min(10, n)}):
-        v, i = peakknn.approx_topk(x, k, dim, recall_target=0.9, largest=largest, backend="triton")
-        vr, _ = approx_topk_reference(x, k, dim, recall_target=0.9, largest=largest)
-        torch.testing.assert_close(v, vr, rtol=0, atol=0)
-        torch.testing.assert_close(x.gather(dim, i), v, rtol=0, atol=0)
-
-
-def test_approx_topk_kernel_infinities_ties_and_strides():
-    x = torch.randn(6, 3000, device=DEVICE)
-    x[:, ::7] = float("-inf")
-    x[:, 5::11] = 2.5  # many ties
-    x[0, 100] = float("inf")
-    x_t = x.T.contiguous().T  # non-contiguous along dim
-    for data in (x, x_t, x.to(torch.bfloat16)):
-        for largest in (True, False):
-            v, i = peakknn.approx_topk(data, 12, recall_target=0.8, largest=largest, backend="triton")
-            vr, _ = approx_topk_reference(data, 12, recall_target=0.8, largest=largest)
-            torch.testing.assert_close(v, vr, rtol=0, atol=0)
-            torch.testing.assert_close(data.gather(1, i), v, rtol=0, atol=0)
-
-
-def test_approx_topk_kernel_gradients():
-    x = torch.randn(4, 4000, device=DEVICE, requires_grad=True)
-    v, i = peakknn.approx_topk(x, 5, recall_target=0.9, backend="triton")
-    v.sum().backward()
-    expected = torch.zeros_like(x).scatter_(1, i, 1.0)
-    torch.testing.assert_close(x.grad, expected)
+# ----------------------------------------------------------------- flat search through the kernel
 
 
 def exact_ids(q, x, k, metric):
@@ -160,7 +158,7 @@ def test_index_kernel_adversarial_order_filters_and_deletes():
     centre = torch.randn(d)
     x = torch.randn(n, d) * 0.05
     x[::128] += centre * 3  # the best rows all share j mod 128 in arrival order
-    index = peakknn.Index(d, metric="ip", device=DEVICE, dtype="bf16")
+    index = peakknn.Index(d, metric="ip", device=DEVICE, precision="bf16")
     index.add(x)
     q = centre.repeat(20, 1) + 0.01 * torch.randn(20, d)
     truth = index.search(q, k, recall_target=1.0, backend="torch").ids

@@ -1,7 +1,6 @@
-"""The roofline model: exact arithmetic on stated ceilings, the on-disk cache, and agreement
-with measured search times on this CPU within a stated factor."""
+"""The roofline model (peakknn.perfmodel.roofline): exact arithmetic on stated ceilings, and
+agreement with measured search times on this CPU within a stated factor."""
 
-import json
 import math
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 import peakknn
 from peakknn import perfmodel
-from peakknn.bench import timed
+from peakknn.evaluation import timed
 
 STATED = perfmodel.Ceilings(
     device="cpu:test",
@@ -18,16 +17,6 @@ STATED = perfmodel.Ceilings(
     compare_rate={"fp32": 12e9, "bf16": 8e9},
     bandwidth=25e9,
 )
-
-
-def test_query_block_formula():
-    # QB >= 16 * rate * esize / (2 * bandwidth), rounded up to 64, clamped to [64, 4096]
-    assert perfmodel.query_block(STATED, "bf16") == math.ceil(16 * 1600e9 * 2 / (2 * 25e9) / 64) * 64 == 1024
-    assert perfmodel.query_block(STATED, "fp32") == math.ceil(16 * 400e9 * 4 / (2 * 25e9) / 64) * 64 == 512
-    slow_memory = perfmodel.Ceilings(**{**STATED.__dict__, "bandwidth": 1e9})
-    assert perfmodel.query_block(slow_memory, "bf16") == 4096
-    fast_memory = perfmodel.Ceilings(**{**STATED.__dict__, "bandwidth": 1e15})
-    assert perfmodel.query_block(fast_memory, "bf16") == 64
 
 
 def test_predict_terms_exactly():
@@ -55,36 +44,11 @@ def test_predict_exact_uses_fp32_and_names_other_bottlenecks():
         perfmodel.predict(0, 10, 10, 1, 0.9, "bf16", STATED)
 
 
-def test_cache_round_trip_refresh_and_corruption(tmp_path, monkeypatch):
-    monkeypatch.setenv("PEAKKNN_CACHE_DIR", str(tmp_path))
-    calls = []
-
-    def fake_measure(device="cpu", **_):
-        calls.append(device)
-        return STATED
-
-    monkeypatch.setattr(perfmodel, "measure", fake_measure)
-    monkeypatch.setattr(perfmodel, "_MEMO", {})
-    assert perfmodel.ceilings("cpu") == STATED and len(calls) == 1
-    path = perfmodel.cache_path("cpu")
-    assert json.loads(path.read_text())["format"] == perfmodel.FORMAT
-    monkeypatch.setattr(perfmodel, "_MEMO", {})
-    assert perfmodel.ceilings("cpu") == STATED and len(calls) == 1  # read back from disk
-    assert perfmodel.ceilings("cpu", refresh=True) == STATED and len(calls) == 2
-    for bad in ("not json", json.dumps({"format": "other"}), json.dumps({"format": perfmodel.FORMAT, "bandwidth": -1})):
-        path.write_text(bad)
-        monkeypatch.setattr(perfmodel, "_MEMO", {})
-        assert perfmodel.ceilings("cpu") == STATED  # ignored and re-measured
-    assert len(calls) == 5
-    assert json.loads(path.read_text())["bandwidth"] == STATED.bandwidth  # replaced by a good file
-
-
-def test_measured_ceilings_are_plausible():
-    c = perfmodel.ceilings("cpu")
-    assert set(c.matmul_flops) == {"fp32", "bf16"}
-    assert all(1e8 < r < 1e16 for r in c.matmul_flops.values())
-    assert all(w in perfmodel.CHUNK_WIDTHS for w in c.best_chunk.values())
-    assert 1e8 < c.bandwidth < 1e13 and all(1e7 < r < 1e13 for r in c.compare_rate.values())
+def test_rescored_rows_count_in_memory_only():
+    base = perfmodel.predict(100, 50_000, 64, 10, 0.9, "fp32", STATED)
+    more = perfmodel.predict(100, 50_000, 64, 10, 0.9, "fp32", STATED, rescored=50)
+    assert more.matrix_s == base.matrix_s and more.vector_s == base.vector_s
+    assert more.memory_s - base.memory_s == pytest.approx(100 * (50 - 10) * 64 * 4 / 25e9, rel=1e-9)  # default: k for fp32
 
 
 # The floor is a lower bound; the torch engine on a 2-core CPU measured 7-35% of it (bench and
@@ -97,7 +61,7 @@ FACTOR_BELOW, FACTOR_ABOVE = 1.5, 15.0
 @pytest.mark.parametrize("nq,n,precision", [(1000, 100_000, "bf16"), (200, 100_000, "fp32")])
 def test_prediction_within_factor_of_measured(nq, n, precision):
     x, q = torch.randn(n, 128), torch.randn(nq, 128)
-    index = peakknn.Index(128, dtype=precision)
+    index = peakknn.Index(128, precision=precision)
     index.add(x)
     index.search(q[:8], 10, recall_target=0.95)
     ceilings = perfmodel.measure("cpu")

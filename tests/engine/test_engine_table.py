@@ -1,0 +1,59 @@
+"""What the engine scans (peakknn.engine.table): scan rows [x, bias, 0...] and queries [q, 1, 0...]
+whose product is the rank score, and the dense table of `search`."""
+
+import numpy as np
+import pytest
+import torch
+
+from peakknn.engine.table import DenseTable, normalize_rows, prepare_rows, rank_bias, scan_queries, scan_row_width
+
+
+@pytest.mark.parametrize("d", [1, 15, 16, 33, 100])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_scan_rows_times_scan_queries_is_the_rank_score(d, metric):
+    g = torch.Generator().manual_seed(d)
+    x, q = torch.randn(50, d, generator=g), torch.randn(7, d, generator=g)
+    width = scan_row_width(d)
+    assert width % 16 == 0 and d + 1 <= width < d + 17  # room for the bias, padded to 16
+    table = DenseTable(x, metric, torch.float32)
+    rows = table.scan_rows(0, 50).clone()
+    qs = scan_queries(q, torch.float32)
+    assert rows.shape == (50, width) and qs.shape == (7, width)
+    half_norms = 0.5 * (x.double() ** 2).sum(1)
+    want_bias = -half_norms if metric == "l2" else torch.zeros(50, dtype=torch.float64)
+    torch.testing.assert_close(rows[:, :d], x)
+    torch.testing.assert_close(rows[:, d], want_bias.float())
+    assert bool((rows[:, d + 1 :] == 0).all()) and bool((qs[:, d] == 1).all()) and bool((qs[:, d + 1 :] == 0).all())
+    torch.testing.assert_close((qs @ rows.T).double(), q.double() @ x.double().T + want_bias, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(table.bias(10, 20), want_bias[10:20].float())
+    torch.testing.assert_close(rank_bias(x, metric), want_bias.float())
+    # a later chunk reuses the buffer and holds the rows it names
+    torch.testing.assert_close(table.scan_rows(5, 9), rows[5:9])
+    slots = torch.tensor([[3, 0], [49, 3]])
+    assert torch.equal(table.exact_rows(slots), x[slots]) and bool(table.alive(slots).all())
+    assert scan_queries(q, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_normalize_rows_gives_unit_rows_and_rejects_zero_rows():
+    x = torch.randn(6, 5) * torch.arange(1, 7).unsqueeze(1)
+    unit = normalize_rows(x, "vectors")
+    torch.testing.assert_close(unit.norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(unit * x.norm(dim=1, keepdim=True), x)
+    x[4] = 0.0
+    with pytest.raises(ValueError, match="vectors has a zero vector \\(row 4\\)"):
+        normalize_rows(x, "vectors")
+
+
+def test_prepare_rows_gives_f32_rows_on_the_device():
+    x = np.arange(1, 7, dtype=np.float64).reshape(2, 3)
+    got = prepare_rows(x, "vectors", 3, "ip", torch.device("cpu"))
+    assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(x).float())
+    one = prepare_rows(torch.tensor([3.0, 0.0, 4.0]).half(), "queries", 3, "cos", torch.device("cpu"))
+    assert one.shape == (1, 3) and one.dtype == torch.float32
+    torch.testing.assert_close(one, torch.tensor([[0.6, 0.0, 0.8]]))  # unit rows for cosine
+    with pytest.raises(ValueError, match="queries must have dim 3"):
+        prepare_rows(torch.ones(2, 4), "queries", 3, "ip", torch.device("cpu"))
+    with pytest.raises(ValueError, match="vectors has a zero vector"):
+        prepare_rows(torch.zeros(1, 3), "vectors", 3, "cos", torch.device("cpu"))
+    with pytest.raises(TypeError, match="vectors"):
+        prepare_rows([[1.0, 2.0, 3.0]], "vectors", 3, "ip", torch.device("cpu"))
