@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import peakknn.index
+from peakknn import index_persist
 from peakknn import Index, io
 
 
@@ -133,6 +133,6 @@ def test_bundle_round_trip_and_checks(tmp_path):
 
 def test_flat_index_writes_its_own_format(saved):
     index, path = saved
-    manifest, arrays, _ = io.read_bundle(path, peakknn.index.FORMAT, peakknn.index.VERSION)
+    manifest, arrays, _ = io.read_bundle(path, index_persist.FORMAT, index_persist.VERSION)
     assert manifest["format"] == "peakknn.index" and manifest["count"] == len(index) == 3000 - 3  # ids 10 and 777 were replaced
     assert manifest["dtype"] == index.precision and torch.equal(arrays["ids"].sort().values, index.ids)

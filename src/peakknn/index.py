@@ -17,31 +17,24 @@ New rows are placed in a seeded random order inside blocks of slots (`SlotStore`
 placement seed), so whatever order rows arrive in (sorted, clustered, adversarially periodic)
 their bins are random and the expected recall bound of `bins_for_recall` holds.
 
-Saved format "peakknn.index" version 1 (a `peakknn.io` bundle): manifest fields dim, metric,
-dtype (the precision's name), recall_target, seed, capacity, high, blocks, next_id, count;
-arrays vectors f32[count, dim], slots i64[count], ids i64[count], free i64[f].
+Saved format: `peakknn.index_persist`.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import _backend
-from ._checks import as_id_set, as_ids, check_array, check_int, check_k, check_recall_target, positive_int, renamed
+from . import _backend, index_persist
+from ._checks import as_id_set, as_ids, check_int, check_k, check_recall_target, positive_int, renamed
 from ._slots import SlotStore
 from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, precision_name, scan_dtype
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
 from .engine.rescore import finish
 from .engine.table import prepare_rows, rank_bias, scan_row_width
-
-FORMAT = "peakknn.index"
-VERSION = 1
-
 
 class Index:
     """A brute-force k-NN index (see module docstring).
@@ -196,47 +189,12 @@ class Index:
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to directory `path` atomically (a `peakknn.io` bundle, never pickle)."""
-        from .io import write_bundle
-
-        slots = torch.from_numpy(self._slots.live_slots())
-        dev_slots = slots.to(self.device)
-        arrays = {
-            "vectors": self._vectors[dev_slots].cpu().contiguous(),
-            "slots": slots,
-            "ids": self._slots.slot_ids[dev_slots].cpu().contiguous(),
-            "free": torch.from_numpy(self._slots.free.copy()),
-        }
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "dim": self.dim,
-            "metric": self.metric,
-            "dtype": self.precision,
-            "recall_target": self.recall_target,
-            "seed": self.seed,
-            "capacity": self._slots.capacity,
-            "high": self._slots.high,
-            "blocks": self._slots.blocks,
-            "next_id": self._slots.next_id,
-            "count": len(self),
-        }
-        write_bundle(path, manifest, arrays)
+        index_persist.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "Index":
         """Read an index written by `save`; corrupt or mismatched files raise ValueError."""
-        from .io import MANIFEST, read_bundle
-
-        manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION)
-        m = _manifest_fields(manifest, Path(path) / MANIFEST)
-        vectors, slots, ids, free = _saved_arrays(arrays, m, arrays_path)
-        index = cls(m["dim"], metric=m["metric"], precision=m["dtype"], device=device, recall_target=m["recall_target"], seed=m["seed"])
-        index._extend_arrays(m["capacity"])
-        index._slots.restore(m["capacity"], m["blocks"], free)
-        index._write(slots, ids, vectors.to(device))
-        index._slots.high = m["high"]
-        index._slots.next_id = m["next_id"]
-        return index
+        return index_persist.load(cls, path, device)
 
     # ----------------------------------------------------------------- internals
     def _prepare(self, vectors, name: str = "vectors") -> torch.Tensor:
@@ -320,51 +278,3 @@ def _extend(t: torch.Tensor, extra: int, fill: float) -> torch.Tensor:
     out[: t.shape[0]] = t
     out[t.shape[0] :] = fill
     return out
-
-
-def _manifest_fields(manifest: dict, where: Path) -> dict:
-    spec = {
-        "dim": int, "metric": str, "dtype": str, "recall_target": float, "seed": int, "capacity": int,
-        "high": int, "blocks": int, "next_id": int, "count": int, "arrays": str, "sha256": str,
-    }  # fmt: skip
-    out = {}
-    for key, kind in spec.items():
-        value = manifest.get(key)
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise ValueError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r}")
-        out[key] = value
-    if min(out["dim"], out["capacity"] + 1, out["high"] + 1, out["count"] + 1, out["next_id"] + 1) < 1:
-        raise ValueError(f"{where}: negative sizes in manifest")
-    if not out["count"] <= out["high"] <= out["capacity"]:
-        raise ValueError(f"{where}: inconsistent count/high/capacity {out['count']}/{out['high']}/{out['capacity']}")
-    return out
-
-
-def _saved_arrays(arrays: dict, m: dict, where: Path):
-    expected = {
-        "vectors": (torch.float32, (m["count"], m["dim"])),
-        "slots": (torch.int64, (m["count"],)),
-        "ids": (torch.int64, (m["count"],)),
-        "free": (torch.int64, None),
-    }
-    if set(arrays) != set(expected):
-        raise ValueError(f"{where}: arrays {sorted(arrays)} do not match {sorted(expected)}")
-    for name, (dtype, shape) in expected.items():
-        check_array(arrays, name, dtype, shape, where)
-    vectors = arrays["vectors"]
-    slots, ids, free = (arrays[k].numpy().astype(np.int64) for k in ("slots", "ids", "free"))
-    if vectors.numel() and not bool(torch.isfinite(vectors).all()):
-        raise ValueError(f"{where}: vectors contain NaN or inf")
-    if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
-        raise ValueError(f"{where}: ids must be unique and non-negative")
-    used = np.concatenate([slots, free])
-    if used.size and (used.min() < 0 or used.max() >= m["capacity"] or np.unique(used).size != used.size):
-        raise ValueError(f"{where}: slots must be unique and inside the capacity {m['capacity']}")
-    if slots.size and slots.max() >= m["high"]:
-        raise ValueError(f"{where}: a slot lies beyond the scanned range {m['high']}")
-    if ids.size and ids.max() >= m["next_id"]:
-        raise ValueError(f"{where}: next_id {m['next_id']} must exceed every id")
-    return vectors, slots, ids, free
