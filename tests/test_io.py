@@ -109,6 +109,7 @@ def test_mismatched_arrays_rejected_even_with_valid_checksum(saved):
     blob = save({"vectors": torch.zeros(2, 3), "slots": torch.zeros(2, dtype=torch.int64), "ids": torch.zeros(2, dtype=torch.int64), "free": torch.zeros(0, dtype=torch.int64)})
     (path / m["arrays"]).write_bytes(blob)
     m["sha256"] = hashlib.sha256(blob).hexdigest()
+    m[io.CHECKSUM] = io._manifest_digest(m)  # a forger who also redoes the manifest checksum
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="vectors"):
         Index.load(path)
@@ -126,7 +127,9 @@ def test_bundle_round_trip_and_checks(tmp_path):
         io.read_bundle(tmp_path / "b", "test.fmt", 4)
     m = json.loads((tmp_path / "b" / io.MANIFEST).read_text())
     (tmp_path / "outside.safetensors").write_bytes((tmp_path / "b" / m["arrays"]).read_bytes())
-    (tmp_path / "b" / io.MANIFEST).write_text(json.dumps(dict(m, arrays="../outside.safetensors")))
+    forged = dict(m, arrays="../outside.safetensors")
+    forged[io.CHECKSUM] = io._manifest_digest(forged)  # even with a valid manifest checksum
+    (tmp_path / "b" / io.MANIFEST).write_text(json.dumps(forged))
     with pytest.raises(ValueError, match="missing"):  # only a file inside the directory is read
         io.read_bundle(tmp_path / "b", "test.fmt", 3)
 
@@ -136,3 +139,76 @@ def test_flat_index_writes_its_own_format(saved):
     manifest, arrays, _ = io.read_bundle(path, index_persist.FORMAT, index_persist.VERSION)
     assert manifest["format"] == "peakknn.index" and manifest["count"] == len(index) == 3000 - 3  # ids 10 and 777 were replaced
     assert manifest["dtype"] == index.precision and torch.equal(arrays["ids"].sort().values, index.ids)
+
+
+@pytest.mark.parametrize("field,value", [("metric", "ip"), ("dtype", "fp32"), ("recall_target", 0.5), ("next_id", 10**6), ("capacity", 2**40)])
+def test_hand_edited_manifest_is_refused(saved, field, value):
+    """A manifest changed after the save (other semantics, or sizes to allocate) never loads."""
+    _, path = saved
+    m = json.loads((path / io.MANIFEST).read_text())
+    assert m[field] != value
+    (path / io.MANIFEST).write_text(json.dumps(dict(m, **{field: value})))
+    with pytest.raises(ValueError, match="changed after it was written"):
+        Index.load(path)
+
+
+def test_capacity_is_bounded_by_the_arrays_before_anything_is_allocated(saved):
+    """Even a manifest whose checksum was redone cannot make load allocate more slots than the
+    file's arrays name (every slot is used or free)."""
+    _, path = saved
+    m = json.loads((path / io.MANIFEST).read_text())
+    forged = dict(m, capacity=2**40)
+    forged[io.CHECKSUM] = io._manifest_digest(forged)
+    (path / io.MANIFEST).write_text(json.dumps(forged))
+    with pytest.raises(ValueError, match="capacity"):
+        Index.load(path)
+
+
+def test_files_of_peakknn_0_1_0_carry_no_checksum_and_still_load(tmp_path):
+    """Version 1 manifests predate the checksum: they load, and a resave writes version 2 with one."""
+    from pathlib import Path
+
+    old = Path(__file__).resolve().parent / "fixtures" / "v0.1.0-flat-ip-bf16"
+    m = json.loads((old / io.MANIFEST).read_text())
+    assert m["version"] == 1 and io.CHECKSUM not in m
+    index = Index.load(old)
+    index.save(tmp_path / "new")
+    m2 = json.loads((tmp_path / "new" / io.MANIFEST).read_text())
+    assert m2["version"] == index_persist.VERSION == 2 and m2[io.CHECKSUM] == io._manifest_digest(m2)
+
+
+def test_stale_temporary_files_are_cleaned_by_the_next_save(saved):
+    index, path = saved
+    (path / f"{io.MANIFEST}.tmp-dead").write_text("{}")  # what a save killed before its rename leaves
+    (path / "arrays-0000000000000000.safetensors").write_bytes(b"partial")
+    index.save(path)
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == sorted([io.MANIFEST, json.loads((path / io.MANIFEST).read_text())["arrays"]])
+
+
+def test_concurrent_saves_to_one_directory_always_leave_a_loadable_index(tmp_path):
+    import threading
+
+    indexes = []
+    for seed in range(3):
+        ix = Index(8)
+        ix.add(torch.randn(500 + 100 * seed, 8))
+        indexes.append(ix)
+    errors = []
+
+    def save_many(ix):
+        try:
+            for _ in range(15):
+                ix.save(tmp_path / "one")
+                loaded = Index.load(tmp_path / "one")
+                assert len(loaded) in (500, 600, 700)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=save_many, args=(ix,)) for ix in indexes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[0]
+    assert len(Index.load(tmp_path / "one")) in (500, 600, 700)
+    assert len(list((tmp_path / "one").glob("arrays-*"))) == 1

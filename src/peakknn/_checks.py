@@ -143,5 +143,18 @@ def renamed(old: str, old_value, new: str, new_value, default=None):
         raise TypeError(f"pass {new}= only ({old}= is its former name)")
     import warnings
 
-    warnings.warn(f"{old}= is now called {new}=; {old}= will be removed in the next version", DeprecationWarning, stacklevel=3)
+    warnings.warn(f"{old}= is now called {new}=; {old}= will be removed in the next version", DeprecationWarning, stacklevel=caller_stacklevel())
     return old_value
+
+
+def caller_stacklevel() -> int:
+    """The `stacklevel` of warnings.warn, called from here, that names the first frame outside
+    the peakknn package (the user's line), whatever wrappers lie between."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -65,29 +65,30 @@ class IdMap:
             self._merge(np.empty(0, np.int64), np.empty(0, np.int64))
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids ascending, values) of every live entry."""
-        self._merge(np.empty(0, np.int64), np.empty(0, np.int64))
-        return self._keys.copy(), self._values.copy()
+        """(ids ascending, values) of every live entry (reads only: safe beside other readers)."""
+        return self._merged(np.empty(0, np.int64), np.empty(0, np.int64))
 
     def _merge(self, ids: np.ndarray, values: np.ndarray) -> None:
+        self._keys, self._values = self._merged(ids, values)
+        self._recent = {}
+
+    def _merged(self, ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted live (keys, values) after applying the recent changes, then ids -> values."""
         if self._recent:
             recent_ids = np.fromiter(self._recent.keys(), dtype=np.int64, count=len(self._recent))
             recent_values = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
             keep = ~np.isin(recent_ids, ids)
             ids = np.concatenate([recent_ids[keep], ids])
             values = np.concatenate([recent_values[keep], values])
-            self._recent = {}
         if not ids.size:
-            return
+            return self._keys.copy(), self._values.copy()
         if (not self._keys.size or ids.min() > self._keys[-1]) and (ids.size < 2 or bool((np.diff(ids) > 0).all())):
             live = values >= 0  # appending ascending new ids (the common bulk add): no sort needed
-            self._keys = np.concatenate([self._keys, ids[live]])
-            self._values = np.concatenate([self._values, values[live]])
-            return
+            return np.concatenate([self._keys, ids[live]]), np.concatenate([self._values, values[live]])
         stale = np.isin(self._keys, ids)
         keys = np.concatenate([self._keys[~stale], ids])
         vals = np.concatenate([self._values[~stale], values])
         order = np.argsort(keys, kind="stable")
         keys, vals = keys[order], vals[order]
         live = vals >= 0
-        self._keys, self._values = keys[live], vals[live]
+        return keys[live], vals[live]

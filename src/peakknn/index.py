@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import _backend, index_persist
+from ._locks import RWLock, reads, writes
 from ._checks import as_id_set, as_ids, check_int, check_k, check_recall_target, positive_int, renamed
 from ._slots import SlotStore
 from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, precision_name, scan_dtype
@@ -64,6 +65,7 @@ class Index:
         self.device = torch.device(device)
         self.recall_target = check_recall_target(recall_target)
         self.seed = int(seed)
+        self._lock = RWLock()  # searches and saves read, updates write (peakknn._locks)
         self._slots = SlotStore(self.device, placement_seed=self.seed)
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
         self._scan_rows = torch.empty(0, scan_row_width(self.dim), dtype=self.scan_dtype, device=self.device)
@@ -73,6 +75,7 @@ class Index:
     def __len__(self) -> int:
         return len(self._slots)
 
+    @reads
     def __contains__(self, id_) -> bool:
         return bool(self._slots.lookup(np.array([int(id_)]))[0] >= 0)
 
@@ -88,23 +91,27 @@ class Index:
         return precision_name(self.scan_dtype)
 
     @property
+    @reads
     def ids(self) -> torch.Tensor:
         """i64[len] ids currently stored, ascending."""
         return torch.from_numpy(self._slots.ids())
 
     @property
+    @reads
     def memory_bytes(self) -> int:
         """Bytes held by the index's arrays (capacity included) and its id bookkeeping."""
         tensors = (self._vectors, self._scan_rows, self._bias)
         return sum(t.numel() * t.element_size() for t in tensors) + self._slots.nbytes
 
     # ----------------------------------------------------------------- updates
+    @writes
     def reserve(self, capacity: int) -> None:
         """Allocate room for `capacity` rows now (no doubling later while adds stay within it)."""
         capacity = check_int("capacity", capacity, 0, type_error=ValueError)
         if capacity > self._slots.capacity:
             self._grow(capacity)
 
+    @writes
     def add(self, vectors, ids=None) -> torch.Tensor:
         """Insert rows f32[m, dim]; ids i64[m] (default: next free ids). Returns the ids.
 
@@ -115,6 +122,7 @@ class Index:
         self._write(self._take_slots(x.shape[0]), new_ids, x)
         return torch.from_numpy(new_ids)
 
+    @writes
     def upsert(self, vectors, ids) -> torch.Tensor:
         """Insert or replace rows: ids already present get the new vectors, others are added."""
         x = self._prepare(vectors)
@@ -128,6 +136,7 @@ class Index:
             self._write(self._take_slots(int((~existing).sum())), new_ids[~existing], x[fresh])
         return torch.from_numpy(new_ids)
 
+    @writes
     def remove(self, ids) -> None:
         """Delete ids. Unknown ids raise ValueError and nothing is removed."""
         gone, _ = self._slots.stored(ids, " (nothing was removed)")
@@ -137,12 +146,14 @@ class Index:
         self._scan_rows[t, self.dim] = float("-inf")
         self._bias[t] = float("-inf")
 
+    @reads
     def get(self, ids) -> torch.Tensor:
         """f32[m, dim] stored vectors of ids (unit vectors for cosine); unknown ids raise ValueError."""
         _, slots = self._slots.stored(ids)
         return self._vectors[torch.from_numpy(slots).to(self.device)].clone()
 
     # ----------------------------------------------------------------- search
+    @reads
     def search(
         self,
         queries,

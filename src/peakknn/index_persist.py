@@ -1,4 +1,5 @@
-"""Saving and loading a flat Index: format "peakknn.index", version 1, a `peakknn.io` bundle.
+"""Saving and loading a flat Index: format "peakknn.index", version 2, a `peakknn.io` bundle
+(version 1, written by peakknn 0.1.0, is the same without the manifest checksum, and loads).
 
 Manifest fields: dim, metric, dtype (the precision's name), recall_target, seed, capacity, high,
 blocks, next_id, count. Arrays: vectors f32[count, dim], slots i64[count] (each row's slot),
@@ -17,11 +18,19 @@ from ._checks import check_array
 from .io import MANIFEST, read_bundle, write_bundle
 
 FORMAT = "peakknn.index"
-VERSION = 1
+VERSION = 2
+UNCHECKED_VERSIONS = (1,)  # peakknn 0.1.0: no manifest checksum
 
 
 def save(index, path) -> None:
-    """Write `index` (an Index) to directory `path` atomically."""
+    """Write `index` (an Index) to directory `path` atomically: a consistent snapshot taken
+    under the index's read lock (searches go on, updates wait), written after it is released."""
+    with index._lock.read():
+        manifest, arrays = _snapshot(index)
+    write_bundle(path, manifest, arrays)
+
+
+def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
     slots = torch.from_numpy(index._slots.live_slots())
     dev_slots = slots.to(index.device)
     arrays = {
@@ -44,12 +53,12 @@ def save(index, path) -> None:
         "next_id": index._slots.next_id,
         "count": len(index),
     }
-    write_bundle(path, manifest, arrays)
+    return manifest, arrays
 
 
 def load(cls, path, device):
     """A `cls` (Index) read from `path`; corrupt or mismatched files raise ValueError."""
-    manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION)
+    manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION, unchecked=UNCHECKED_VERSIONS)
     m = _manifest_fields(manifest, Path(path) / MANIFEST)
     vectors, slots, ids, free = _saved_arrays(arrays, m, arrays_path)
     index = cls(m["dim"], metric=m["metric"], precision=m["dtype"], device=device, recall_target=m["recall_target"], seed=m["seed"])
@@ -100,6 +109,8 @@ def _saved_arrays(arrays: dict, m: dict, where: Path):
     if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
         raise ValueError(f"{where}: ids must be unique and non-negative")
     used = np.concatenate([slots, free])
+    if used.size != m["capacity"]:  # every slot is used or free: the capacity is bounded by the arrays
+        raise ValueError(f"{where}: capacity {m['capacity']} is not the {used.size} used and free slots")
     if used.size and (used.min() < 0 or used.max() >= m["capacity"] or np.unique(used).size != used.size):
         raise ValueError(f"{where}: slots must be unique and inside the capacity {m['capacity']}")
     if slots.size and slots.max() >= m["high"]:

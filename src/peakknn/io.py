@@ -7,7 +7,7 @@ safetensors file (the bundle).
       arrays-<random>.safetensors   the index's named arrays
 
 `write_bundle` / `read_bundle` hold the layout, atomicity and integrity checks; each index kind
-writes its own manifest fields and arrays and checks them on load (`Index` in peakknn.index,
+writes its own manifest fields and arrays and checks them on load (`Index` in peakknn.index_persist,
 format "peakknn.index"; `PartitionedIndex` in peakknn.partitioned.persist, "peakknn.partitioned").
 docs/ARCHITECTURE.md lists the formats and their versions.
 
@@ -15,67 +15,83 @@ Atomic: a save writes a new arrays file under a fresh name, fsyncs it, then repl
 manifest.json through os.replace (atomic on POSIX), and only then deletes older arrays files.
 A crash at any point leaves a manifest that names a complete arrays file.
 
-Safe: nothing is unpickled. Loading checks the format and version, every field's type, the
-arrays file's SHA-256 and the arrays' names, dtypes, shapes and consistency (unique ids and
-slots, in range, finite vectors) and raises ValueError naming what is wrong.
+Safe: nothing is unpickled. Loading checks the format and version, the manifest's own checksum
+(`manifest_sha256`, so a hand-edited metric or size is refused; files from peakknn 0.1.0 have
+none), the arrays file's SHA-256, and (in each index kind) every field's type and the arrays'
+names, dtypes, shapes and consistency, before anything is allocated from a manifest's sizes,
+and raises ValueError naming what is wrong. Saves to one directory take an exclusive lock
+(`.peakknn-lock`), loads a shared one, so concurrent saves and loads never mix files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import threading
 from pathlib import Path
 
 import torch
 
 MANIFEST = "manifest.json"
+CHECKSUM = "manifest_sha256"  # SHA-256 of the manifest's other fields (canonical JSON)
+LOCK = ".peakknn-lock"  # flock'ed: shared while a bundle is read, exclusive while one is written
 
 
 def write_bundle(path: Path, manifest: dict, arrays: dict[str, torch.Tensor]) -> None:
-    """Write arrays as a fresh safetensors file, then the manifest naming it (atomically)."""
+    """Write arrays as a fresh safetensors file, then the manifest naming it (atomically), then
+    delete older arrays files and temporary files left by interrupted saves. Saves to one
+    directory, from threads or processes, run one at a time (an exclusive lock on LOCK)."""
     from safetensors.torch import save
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     blob = save({name: t.cpu().contiguous() for name, t in arrays.items()})
-    name = f"arrays-{secrets.token_hex(8)}.safetensors"
-    _write_durably(path / name, blob)
-    manifest = {**manifest, "arrays": name, "sha256": hashlib.sha256(blob).hexdigest()}
-    tmp = path / f"{MANIFEST}.tmp-{secrets.token_hex(4)}"
-    _write_durably(tmp, json.dumps(manifest, indent=1).encode())
-    os.replace(tmp, path / MANIFEST)
-    _fsync_dir(path)
-    for old in path.glob("arrays-*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    with _locked(path, exclusive=True):
+        name = f"arrays-{secrets.token_hex(8)}.safetensors"
+        _write_durably(path / name, blob)
+        manifest = {**manifest, "arrays": name, "sha256": hashlib.sha256(blob).hexdigest()}
+        manifest[CHECKSUM] = _manifest_digest(manifest)
+        tmp = path / f"{MANIFEST}.tmp-{secrets.token_hex(4)}"
+        _write_durably(tmp, json.dumps(manifest, indent=1).encode())
+        os.replace(tmp, path / MANIFEST)
+        _fsync_dir(path)
+        for old in [*path.glob("arrays-*.safetensors"), *path.glob(f"{MANIFEST}.tmp-*")]:
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
 
-def read_bundle(path, fmt: str, version: int) -> tuple[dict, dict[str, torch.Tensor], Path]:
+def read_bundle(path, fmt: str, version: int, *, unchecked: tuple[int, ...] = ()) -> tuple[dict, dict[str, torch.Tensor], Path]:
     """(manifest, arrays, arrays file path) of a bundle written by `write_bundle`, after checking
-    the format, version, the arrays file's name and SHA-256. Raises ValueError."""
+    the format, the version, the manifest's own checksum, the arrays file's name and SHA-256.
+    Versions in `unchecked` (written before manifests carried a checksum) load without the
+    manifest check. Raises ValueError."""
     from safetensors.torch import load
 
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ValueError(f"{path} is not a saved peakknn index (no {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{manifest_path} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
-        raise ValueError(f"{manifest_path} is not a {fmt} manifest")
-    if manifest.get("version") != version:
-        raise ValueError(f"{manifest_path} has format version {manifest.get('version')!r}; this peakknn reads {version}")
-    name, digest = manifest.get("arrays"), manifest.get("sha256")
-    if not isinstance(name, str) or not isinstance(digest, str):
-        raise ValueError(f"{manifest_path}: fields 'arrays' and 'sha256' must be strings")
-    arrays_path = path / name
-    if Path(name).name != name or not arrays_path.is_file():
-        raise ValueError(f"{manifest_path} names arrays file {name!r}, which is missing")
-    blob = arrays_path.read_bytes()
+    with _locked(path, exclusive=False):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{manifest_path} is not valid JSON: {e}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+            raise ValueError(f"{manifest_path} is not a {fmt} manifest")
+        if manifest.get("version") != version and manifest.get("version") not in unchecked:
+            raise ValueError(f"{manifest_path} has format version {manifest.get('version')!r}; this peakknn reads {version}")
+        if manifest.get("version") == version and manifest.get(CHECKSUM) != _manifest_digest(manifest):
+            raise ValueError(f"{manifest_path} was changed after it was written (its {CHECKSUM} does not match)")
+        name, digest = manifest.get("arrays"), manifest.get("sha256")
+        if not isinstance(name, str) or not isinstance(digest, str):
+            raise ValueError(f"{manifest_path}: fields 'arrays' and 'sha256' must be strings")
+        arrays_path = path / name
+        if Path(name).name != name or not arrays_path.is_file():
+            raise ValueError(f"{manifest_path} names arrays file {name!r}, which is missing")
+        blob = arrays_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != digest:
         raise ValueError(f"{arrays_path} is corrupt or truncated (SHA-256 mismatch)")
     try:
@@ -83,6 +99,51 @@ def read_bundle(path, fmt: str, version: int) -> tuple[dict, dict[str, torch.Ten
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{arrays_path} is not a valid safetensors file: {e}") from None
     return manifest, arrays, arrays_path
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest without its CHECKSUM field, as canonical JSON (sorted keys)."""
+    fields = {key: value for key, value in manifest.items() if key != CHECKSUM}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool):
+    """Hold the directory's LOCK file: exclusive for a writer, shared for a reader (fcntl.flock,
+    which also separates threads: each opens the file anew). Where flock is missing, writers in
+    this process take a per-directory thread lock; a reader of a read-only directory, where the
+    lock file cannot be made, reads without one (nobody can write there)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    if fcntl is None:
+        key = str(path.resolve())
+        with _THREAD_LOCKS_GUARD:
+            lock = _THREAD_LOCKS.setdefault(key, threading.Lock())
+        if exclusive:
+            with lock:
+                yield
+        else:
+            yield
+        return
+    try:
+        handle = open(path / LOCK, "a+b")
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -95,6 +95,9 @@ def test_adaptive_round_trip_and_files_without_calibration(tmp_path):
     assert torch.equal(old.search(q, 10, probe=3).ids, index.search(q, 10, probe=3, adaptive=False).ids)
     with pytest.raises(ValueError, match="train"):
         old.search(q, 10, probe=3, adaptive=True)
+    old.save(tmp_path / "older-resaved")  # an index without the calibration saves and loads as it is
+    again = PartitionedIndex.load(tmp_path / "older-resaved")
+    assert torch.equal(again.search(q, 10, probe=3).ids, old.search(q, 10, probe=3).ids)
     for bad in (torch.full((16,), float("nan")), -torch.ones(16), torch.zeros(15)):
         io.write_bundle(tmp_path / "bad", manifest, dict(arrays, probe_gaps=bad))
         with pytest.raises(ValueError, match="probe_gaps"):
@@ -125,3 +128,34 @@ def test_projected_round_trip_is_identical(tmp_path, scan_dims):
         io.write_bundle(tmp_path / "missing", manifest, missing)
         with pytest.raises(ValueError, match="projection"):
             PartitionedIndex.load(tmp_path / "missing")
+
+
+def test_empty_and_emptied_indexes_round_trip(tmp_path):
+    """An index with no rows, untrained or trained and then emptied, saves a folder that loads."""
+    empty = PartitionedIndex(8, settings=PartitionSettings(partitions=4))
+    empty.save(tmp_path / "empty")
+    loaded = PartitionedIndex.load(tmp_path / "empty")
+    assert len(loaded) == 0 and not loaded.is_trained
+    assert loaded.add(torch.randn(3, 8)).tolist() == [0, 1, 2]
+    trained = PartitionedIndex(8, settings=PartitionSettings(partitions=4, train_size=None))
+    trained.add(torch.randn(200, 8))
+    trained.train()
+    trained.remove(list(range(200)))
+    trained.save(tmp_path / "emptied")
+    again = PartitionedIndex.load(tmp_path / "emptied")
+    assert len(again) == 0 and again.is_trained and again.partition_sizes.sum() == 0
+    again.add(torch.randn(5, 8))
+    assert again.search(torch.randn(2, 8), 3, probe=4).ids.shape == (2, 3)
+
+
+def test_hand_edited_partitioned_manifest_is_refused(tmp_path):
+    import json
+
+    index = PartitionedIndex(8, metric="ip", settings=PartitionSettings(partitions=4, train_size=None))
+    index.add(torch.randn(300, 8))
+    index.train()
+    index.save(tmp_path / "p")
+    m = json.loads((tmp_path / "p" / io.MANIFEST).read_text())
+    (tmp_path / "p" / io.MANIFEST).write_text(json.dumps(dict(m, metric="l2")))
+    with pytest.raises(ValueError, match="changed after it was written"):
+        PartitionedIndex.load(tmp_path / "p")

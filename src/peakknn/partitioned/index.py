@@ -26,6 +26,7 @@ import os
 import numpy as np
 import torch
 
+from .._locks import RWLock, reads, writes
 from .._checks import as_id_set, as_ids, check_k, positive_int
 from .._slots import SlotStore
 from .._types import MetricLike, SearchResult, check_metric
@@ -68,6 +69,7 @@ class PartitionedIndex:
         if isinstance(self.settings.scan_dims, int) and self.settings.scan_dims > self.dim:
             raise ValueError(f"scan_dims={self.settings.scan_dims} is more than dim={self.dim}")
         self.device = torch.device(device)
+        self._lock = RWLock()  # searches and saves read, updates and training write (peakknn._locks)
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)  # rows by slot
         self._slots = SlotStore(torch.device("cpu"))  # slots in order: pages do not depend on them
         self._entries = Entries(self._copies)
@@ -85,6 +87,16 @@ class PartitionedIndex:
             f"spill={self.settings.spill}, "
             f"size={len(self)}, trained={self.is_trained})"
         )
+
+    @reads
+    def __contains__(self, id_) -> bool:
+        return bool(self._slots.lookup(np.array([int(id_)]))[0] >= 0)
+
+    @property
+    @reads
+    def ids(self) -> torch.Tensor:
+        """i64[len] ids currently stored, ascending."""
+        return torch.from_numpy(self._slots.ids())
 
     @property
     def is_trained(self) -> bool:
@@ -116,21 +128,27 @@ class PartitionedIndex:
         return self._projection.shape[1] if self._projection is not None else self.dim
 
     @property
+    @reads
     def partition_sizes(self) -> np.ndarray:
         """i64[partitions] rows stored in each partition, spilled copies included (empty before training)."""
         lists = self._entries.lists
         return lists.sizes.copy() if lists is not None else np.zeros(0, dtype=np.int64)
 
+    @reads
     def probe_gap(self, probe: int) -> float | None:
         """Centre-score gap (per unit of |q|) within which an adaptive search with this `probe`
         takes a query's partitions: calibrated at training so that the training sample's rows,
         as queries, take `probe` partitions on average (of at most ADAPTIVE_SPREAD * probe).
         None where probe >= min(partitions, GAP_COLUMNS): then every query takes `probe`."""
+        return self._gap(probe)
+
+    def _gap(self, probe: int) -> float | None:
         if self._probe_gaps is None:
             raise ValueError("adaptive probing needs an index trained by this version: call train() again")
         return None if probe >= self._probe_gaps.shape[0] else float(self._probe_gaps[probe - 1])
 
     @property
+    @reads
     def memory_bytes(self) -> int:
         """Bytes held by the index's arrays (capacities included) and its id bookkeeping."""
         tensors = [self._vectors]
@@ -150,9 +168,13 @@ class PartitionedIndex:
         return 2 if self.settings.spill and self.settings.partitions > 1 else 1
 
     # ----------------------------------------------------------------- training
+    @writes
     def train(self, sample=None) -> None:
         """Learn partitions (and codes) from sample f32[m, dim] (default: the rows added so far),
         then assign and encode every stored row. Retraining needs the stored vectors."""
+        self._train(sample)
+
+    def _train(self, sample=None) -> None:
         if self.is_trained and not self.settings.keep_vectors:
             raise ValueError("a compressed-only index (keep_vectors=False) cannot be retrained")
         if sample is None:
@@ -173,6 +195,7 @@ class PartitionedIndex:
         self._entries.reset(self.settings, self.dim, self.scan_dims, self.device)
 
     # ----------------------------------------------------------------- updates
+    @writes
     def add(self, vectors, ids=None) -> torch.Tensor:
         """Insert rows f32[m, dim]; ids i64[m] (default: next free ids). Returns the ids.
         Raises ValueError (storing nothing) if an id is already present: use `upsert`."""
@@ -181,6 +204,7 @@ class PartitionedIndex:
         self._insert(new_ids, x)
         return torch.from_numpy(new_ids)
 
+    @writes
     def upsert(self, vectors, ids) -> torch.Tensor:
         """Insert or replace rows: ids already present get the new vectors, others are added."""
         x = self._prepare(vectors, "vectors")
@@ -191,11 +215,13 @@ class PartitionedIndex:
         self._insert(new_ids, x)
         return torch.from_numpy(new_ids)
 
+    @writes
     def remove(self, ids) -> None:
         """Delete ids. Unknown ids raise ValueError and nothing is removed."""
         gone, _ = self._slots.stored(ids, " (nothing was removed)")
         self._delete(gone)
 
+    @reads
     def get(self, ids) -> torch.Tensor:
         """f32[m, dim] stored vectors of ids (needs keep_vectors or an untrained index)."""
         _, slots = self._slots.stored(ids)
@@ -204,6 +230,7 @@ class PartitionedIndex:
         return self._vectors[torch.from_numpy(slots).to(self.device)].clone()
 
     # ----------------------------------------------------------------- search
+    @reads
     def search(
         self,
         queries,
@@ -242,7 +269,7 @@ class PartitionedIndex:
             raise ValueError("cannot search an empty index: add vectors first")
         q = self._prepare(queries, "queries")
         probe = min(probe, self.settings.partitions)
-        gap = self.probe_gap(probe) if adaptive else None
+        gap = self._gap(probe) if adaptive else None
         considered = probe if gap is None else min(self._probe_gaps.shape[0], ADAPTIVE_SPREAD * probe)
         bias = self._entries.lists.bias if allowed_ids is None else self._filtered_bias(allowed_ids)
         rank, slot = scan.search(self, q, k, considered, gap, self._rerank_depth(k, rerank), bias, max_memory)
@@ -297,7 +324,7 @@ class PartitionedIndex:
         if self.is_trained:
             self._place(slots, x)
         elif auto_train and self.settings.train_size is not None and len(self) >= self.settings.train_size:
-            self.train()
+            self._train()
 
     def _place(self, slots: np.ndarray, x: torch.Tensor) -> None:
         """Assign rows to partitions (with spill: two), encode them and append them there."""

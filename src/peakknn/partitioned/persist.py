@@ -1,5 +1,6 @@
-"""Saving and loading a PartitionedIndex: format "peakknn.partitioned", version 2, a
-`peakknn.io` bundle.
+"""Saving and loading a PartitionedIndex: format "peakknn.partitioned", version 3, a
+`peakknn.io` bundle (version 2, written by peakknn 0.1.0, is the same without the manifest
+checksum, and loads).
 
 Manifest fields: dim, metric, settings and search_settings (the dataclasses as dicts), trained,
 count, next_id. Arrays: ids i64[count], vectors f32[count, dim] (when kept, or untrained), and
@@ -25,11 +26,19 @@ from .settings import GAP_COLUMNS, PartitionSettings, SearchSettings
 from .training import Trained
 
 FORMAT = "peakknn.partitioned"
-VERSION = 2
+VERSION = 3
+UNCHECKED_VERSIONS = (2,)  # peakknn 0.1.0: no manifest checksum
 
 
 def save(index, path) -> None:
-    """Write `index` (a PartitionedIndex) to directory `path` atomically."""
+    """Write `index` (a PartitionedIndex) to directory `path` atomically: a consistent snapshot
+    taken under the index's read lock (searches go on, updates wait), written after it is released."""
+    with index._lock.read():
+        manifest, arrays = _snapshot(index)
+    io.write_bundle(path, manifest, arrays)
+
+
+def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
     arrays = {}
     slots = torch.from_numpy(index._slots.live_slots())
     if index.is_trained:  # every partition's rows in position order, each naming its row in `ids`
@@ -41,10 +50,11 @@ def save(index, path) -> None:
             arrays.update(index._codec.state())
         if index._projection is not None:
             arrays["projection"] = index._projection
-        arrays["probe_gaps"] = index._probe_gaps
+        if index._probe_gaps is not None:  # None: loaded from a file written before adaptive probing
+            arrays["probe_gaps"] = index._probe_gaps
     arrays["ids"] = index._slots.slot_ids[slots]
-    if index._vectors.shape[0]:
-        arrays["vectors"] = index._vectors[slots.to(index.device)]
+    if index.settings.keep_vectors or not index.is_trained:  # an empty index saves f32[0, dim]
+        arrays["vectors"] = index._vectors[slots.to(index.device)] if index._vectors.shape[0] else index._vectors[:0]
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -56,12 +66,12 @@ def save(index, path) -> None:
         "count": len(index),
         "next_id": index._slots.next_id,
     }
-    io.write_bundle(path, manifest, arrays)
+    return manifest, arrays
 
 
 def load(cls, path, device):
     """A `cls` (PartitionedIndex) read from `path`; corrupt or mismatched files raise ValueError."""
-    manifest, arrays, where = io.read_bundle(path, FORMAT, VERSION)
+    manifest, arrays, where = io.read_bundle(path, FORMAT, VERSION, unchecked=UNCHECKED_VERSIONS)
     try:
         dim, metric, count, next_id = (manifest[key] for key in ("dim", "metric", "count", "next_id"))
         settings = PartitionSettings(**manifest["settings"])
