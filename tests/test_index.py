@@ -201,3 +201,52 @@ def test_old_candidates_keyword_warns_and_gives_identical_results():
     assert torch.equal(old.ids, new.ids) and torch.equal(old.scores, new.scores)
     with pytest.raises(TypeError, match="rerank"):
         index.search(q, 10, rerank=40, candidates=40)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("layout", ["few_live_in_many_slots", "almost_all_removed"])
+def test_sparse_slots_still_return_min_k_live_results(precision, layout):
+    """However few live rows sit among dead slots, every query gets min(k, live) results, and
+    they are the exact nearest among the live rows."""
+    d = 16
+    index = Index(d, metric="l2", precision=precision, recall_target=0.95)
+    if layout == "few_live_in_many_slots":  # 7 live rows spread over ~1,000 slots
+        x = torch.randn(1000, d)
+        index.add(x)
+        keep = np.random.default_rng(1).choice(1000, 7, replace=False)
+        index.remove(np.setdiff1d(np.arange(1000), keep))
+        k = 7
+    else:  # 10 rows left of 20,000
+        x = torch.randn(20000, d)
+        index.add(x)
+        keep = np.arange(19990, 20000)
+        index.remove(np.arange(19990))
+        k = 10
+    q = torch.randn(200, d)
+    res = index.search(q, k)
+    assert (res.ids >= 0).all(), "a query got fewer than min(k, live) results"
+    truth = torch.from_numpy(keep)[torch.cdist(q, x[keep]).topk(k, largest=False).indices]
+    assert torch.equal(res.ids.sort(1).values, truth.sort(1).values)
+    more = index.search(q, k + 5)  # more than there are: exactly the live rows, then fillers
+    assert ((more.ids >= 0).sum(1) == len(keep)).all() and (more.scores[:, len(keep):] == float("inf")).all()
+
+
+def test_ids_at_the_int64_limit():
+    index = Index(4)
+    index.add(torch.randn(1, 4), ids=[2**63 - 2])  # the largest id: next_id still fits in int64
+    with pytest.raises(ValueError, match="automatic ids"):
+        index.add(torch.randn(2, 4))  # none left: nothing stored
+    assert len(index) == 1 and index.ids.tolist() == [2**63 - 2]
+    with pytest.raises(ValueError, match="2\\*\\*63 - 2"):
+        index.add(torch.randn(1, 4), ids=[2**63 - 1])
+    assert len(index) == 1
+
+
+def test_float64_beyond_the_float32_range_is_refused():
+    index = Index(3)
+    with pytest.raises(ValueError, match="float32 range"):
+        index.add(torch.tensor([[1e39, 0.0, 0.0]], dtype=torch.float64))
+    assert len(index) == 0
+    with pytest.raises(ValueError, match="float32 range"):
+        peakknn_search = __import__("peakknn").search
+        peakknn_search(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[-1e40, 0.0, 0.0]], dtype=torch.float64), 1)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+MAX_ID = 2**63 - 2  # the largest id: next_id = max id + 1 stays an int64
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def as_matrix(name: str, value, dim: int | None = None, *, allow_1d: bool = True) -> torch.Tensor:
@@ -35,6 +37,8 @@ def as_matrix(name: str, value, dim: int | None = None, *, allow_1d: bool = True
         raise ValueError(f"{name} must have dim >= 1, got shape {tuple(value.shape)}")
     if value.numel() and not all_finite(value):
         raise ValueError(f"{name} contains NaN or inf")
+    if value.dtype == torch.float64 and value.numel() and float(value.abs().max()) > FLOAT32_MAX:
+        raise ValueError(f"{name} has values beyond the float32 range (|x| > {FLOAT32_MAX:.3g}); peakknn stores float32")
     return value
 
 
@@ -102,6 +106,8 @@ def as_ids(name: str, value, count: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {count} vectors")
     if arr.size and (arr < 0).any():
         raise ValueError(f"{name} must be non-negative, got {int(arr[arr < 0][0])}")
+    if arr.size and arr.max() > MAX_ID:
+        raise ValueError(f"{name} must be <= 2**63 - 2 (the next automatic id must fit in int64), got {int(arr.max())}")
     if np.unique(arr).size != arr.size:
         values, counts = np.unique(arr, return_counts=True)
         raise ValueError(f"{name} contains duplicates, e.g. {int(values[counts > 1][0])}")

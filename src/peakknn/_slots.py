@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._checks import as_ids
+from ._checks import MAX_ID, as_ids
 from ._idmap import IdMap
 
 INITIAL_CAPACITY = 1024
@@ -62,7 +62,9 @@ class SlotStore:
         return np.flatnonzero(self.slot_ids.cpu().numpy() >= 0)
 
     def new_ids(self, m: int) -> np.ndarray:
-        """The next m unused ids: next_id, next_id + 1, ..."""
+        """The next m unused ids: next_id, next_id + 1, ... (ValueError once int64 runs out)."""
+        if self.next_id + m - 1 > MAX_ID:
+            raise ValueError(f"no {m} automatic ids are left after {self.next_id - 1}: pass ids= explicitly")
         return np.arange(self.next_id, self.next_id + m, dtype=np.int64)
 
     def ids_to_add(self, ids, count: int) -> np.ndarray:

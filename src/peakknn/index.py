@@ -257,9 +257,11 @@ class _IndexTable:
         if subset is None:
             self.n = index._slots.high
             self._scan = index._scan_rows
+            self.live = len(index) if mask is None else int(mask.sum())  # a mask holds live slots only
         else:
             self.n = int(subset.numel())
             self._scan = index._scan_rows[subset]
+            self.live = self.n  # the slots of stored allowed ids
 
     def _slots(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self.subset is None else self.subset[rows]

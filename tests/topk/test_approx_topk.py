@@ -107,3 +107,22 @@ def test_recall_adversarial_sorted_and_clustered():
 def test_bad_input(call, err):
     with pytest.raises(err):
         call()
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_rows_with_nan_follow_torch_topk(largest):
+    """A NaN ranks as torch.topk ranks it (above +inf); rows with NaN get torch.topk's answer,
+    rows without keep the approximate one."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 20000, generator=g)
+    x[1, 123] = float("nan")
+    x[4, ::1000] = float("nan")  # 20 NaN, more than k
+    values, indices = approx_topk(x, 10, recall_target=0.9, largest=largest, backend="torch")
+    exact = torch.topk(x, 10, largest=largest)
+    for row in (1, 4):
+        assert torch.equal(indices[row].sort().values, exact.indices[row].sort().values)
+        torch.testing.assert_close(values[row], exact.values[row], equal_nan=True)
+    clean = [0, 2, 3, 5]
+    assert not torch.isnan(values[clean]).any()
+    _, reference = approx_topk_reference(x[clean], 10, recall_target=0.9, largest=largest)
+    assert torch.equal(indices[clean], reference)

@@ -80,8 +80,17 @@ def run_search(
         def candidates(q):
             return torch_scan.scan_cells(table, scan_queries(q, table.scan_dtype), plan)
 
+    want = min(k, table.live)  # results every query must get, however sparse the live rows
+
     def search_block(q, _start):
         cand, valid = candidates(q)
-        return rescore(table, q, cand, valid, k, metric, max_memory)
+        rank, slots = rescore(table, q, cand, valid, k, metric, max_memory)
+        if plan is not None and want:
+            short = rank[:, want - 1] == float("-inf")  # bins held too few live rows for these queries
+            if bool(short.any()):
+                again = short.nonzero()[:, 0]
+                cand, valid = torch_scan.scan_exact(table, q[again], k)
+                rank[again], slots[again] = rescore(table, q[again], cand, valid, k, metric, max_memory)
+        return rank, slots
 
     return run_blocks(q32, block, search_block, k)

@@ -24,6 +24,7 @@ class Table(Protocol):
     """What the engine scans. Row numbers ("slots") are 0..n-1."""
 
     n: int
+    live: int  # rows that may be returned (n minus dead and masked rows)
     dim: int  # d, the vectors' dimension
     scan_dtype: torch.dtype
     device: torch.device
@@ -85,6 +86,7 @@ class DenseTable:
     def __init__(self, x32: torch.Tensor, metric: str, dtype: torch.dtype):
         self.x = x32
         self.n, self.dim = x32.shape
+        self.live = self.n
         self.scan_dtype = dtype
         self.device = x32.device
         self.metric = metric

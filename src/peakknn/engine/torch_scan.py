@@ -58,12 +58,15 @@ def scan_exact(table: Table, q32: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     """Exact top-k slots by fp32 rank score: i64[nq, min(k, n)] slots and their validity."""
     nq = q32.shape[0]
     kk = min(k, table.n)
+    mask = getattr(table, "mask", None)
     best_s = torch.full((nq, kk), float("-inf"), device=q32.device)
     best_i = torch.zeros((nq, kk), dtype=torch.int64, device=q32.device)
     for start in range(0, table.n, CHUNK_COLUMNS):
         stop = min(start + CHUNK_COLUMNS, table.n)
         idx = torch.arange(start, stop, device=q32.device)
         s = q32 @ table.exact_rows(idx).T + table.bias(start, stop)
+        if mask is not None:  # rows outside a filter the kernel would have masked
+            s.masked_fill_(~mask[start:stop], float("-inf"))
         merged_s = torch.cat([best_s, s], dim=1)
         merged_i = torch.cat([best_i, idx.expand(nq, -1)], dim=1)
         best_s, pos = torch.topk(merged_s, kk, dim=1)

@@ -9,6 +9,8 @@ its best `per_bin`, and the result is the exact, sorted top-k over the winners. 
 recall against torch.topk is >= recall_target when the true top-k fall into bins at random
 (strided bins keep contiguous runs of large values apart). recall_target=1.0 is torch.topk.
 Values are gathered from x, so gradients flow to the selected entries as with torch.topk.
+A row holding NaN is answered by torch.topk itself (NaN ranks above +inf, as there) on the torch
+path; the Triton kernel never selects a NaN.
 
 Fast path (per_bin == 1): one pass over x computes the best of each bin inside tiles of
 TILE_GROUPS * L consecutive elements (a strided max over a [tiles, TILE_GROUPS, L] view, no
@@ -81,11 +83,18 @@ def _binned_topk_indices(rows: torch.Tensor, k: int, bins: int, largest: bool) -
     """i64[R, k] indices of the sorted top-k bin winners of each row of rows: [R, n]."""
     n = rows.shape[1]
     block = max(1, _BLOCK_ELEMENTS // n)
-    out = [_binned_block(rows[i : i + block], k, bins, largest) for i in range(0, rows.shape[0], block)]
+    out = []
+    for i in range(0, rows.shape[0], block):
+        part = rows[i : i + block]
+        indices, has_nan = _binned_block(part, k, bins, largest)
+        if bool(has_nan.any()):  # NaN propagates into its bin's best: such rows take torch.topk's NaN order
+            indices[has_nan] = torch.topk(part[has_nan], k, dim=1, largest=largest, sorted=True).indices
+        out.append(indices)
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def _binned_block(rows: torch.Tensor, k: int, bins: int, largest: bool) -> torch.Tensor:
+def _binned_block(rows: torch.Tensor, k: int, bins: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i64[r, k] indices of the sorted top-k bin winners, bool[r] rows holding a NaN)."""
     r, n = rows.shape
     reduce = torch.amax if largest else torch.amin
     pick = torch.argmax if largest else torch.argmin
@@ -105,6 +114,7 @@ def _binned_block(rows: torch.Tensor, k: int, bins: int, largest: bool) -> torch
         bin_best = _pairwise(reduce(main, dim=1), last_best[:, 0], largest)
     else:
         bin_best = reduce(tile_best, dim=1)  # [r, bins]
+    has_nan = torch.isnan(bin_best).any(1)  # max / min propagate NaN: one pass over [r, bins] tells
     _, top_bins = torch.topk(bin_best, k, dim=1, largest=largest, sorted=True)  # [r, k]
     # Winning tile of each chosen bin: the first tile reaching the bin's best (argmax takes the first).
     if isinstance(tile_best, tuple):
@@ -125,7 +135,7 @@ def _binned_block(rows: torch.Tensor, k: int, bins: int, largest: bool) -> torch
     if not bool(in_range.all()):
         cand = cand.masked_fill(~in_range, worst)
     best_in_tile = pick(cand, dim=2, keepdim=True)  # first maximum, so real elements beat padding
-    return pos.gather(2, best_in_tile).squeeze(2)
+    return pos.gather(2, best_in_tile).squeeze(2), has_nan
 
 
 def _pairwise(a: torch.Tensor, b: torch.Tensor, largest: bool) -> torch.Tensor:
