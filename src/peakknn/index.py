@@ -35,7 +35,9 @@ from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, preci
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
 from .engine.rescore import finish
-from .engine.table import prepare_rows, rank_bias, scan_row_width
+from .engine.table import data_centre, prepare_rows, rank_bias, scan_dtype_for, scan_row_width
+
+RECENTRE_SHIFT = 0.25  # re-centre when the mean moved by this share of the rows' rms spread
 
 class Index:
     """A brute-force k-NN index (see module docstring).
@@ -61,7 +63,8 @@ class Index:
         precision = renamed("dtype", dtype, "precision", precision, default="bf16")
         self.dim = positive_int("dim", dim)
         self.metric = check_metric(metric)
-        self.scan_dtype = scan_dtype(precision)
+        self._precision = precision_name(scan_dtype(precision))  # as asked: what save records
+        self.scan_dtype = scan_dtype_for(scan_dtype(precision), self.dim)
         self.device = torch.device(device)
         self.recall_target = check_recall_target(recall_target)
         self.seed = int(seed)
@@ -70,6 +73,10 @@ class Index:
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
         self._scan_rows = torch.empty(0, scan_row_width(self.dim), dtype=self.scan_dtype, device=self.device)
         self._bias = torch.empty(0, dtype=torch.float32, device=self.device)
+        self._centre: torch.Tensor | None = None  # f32[dim] the scan rows are relative to: see _recentre
+        self._sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)  # of the live vectors
+        self._sum_squares = 0.0  # sum of |x|^2 over the live vectors (float64)
+        self._centred_at = 0  # capacity when the centre was last checked
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -87,8 +94,9 @@ class Index:
 
     @property
     def precision(self) -> str:
-        """"bf16" or "fp32": the precision of the first scan (results are re-scored in fp32)."""
-        return precision_name(self.scan_dtype)
+        """"bf16" or "fp32": the precision asked for the first scan (results are re-scored in
+        fp32; below 16 dims the scan runs in fp32 whatever is asked: `scan_dtype` says)."""
+        return self._precision
 
     @property
     @reads
@@ -120,6 +128,7 @@ class Index:
         x = self._prepare(vectors)
         new_ids = self._slots.ids_to_add(ids, x.shape[0])
         self._write(self._take_slots(x.shape[0]), new_ids, x)
+        self._recentre()
         return torch.from_numpy(new_ids)
 
     @writes
@@ -134,6 +143,7 @@ class Index:
         if (~existing).any():
             fresh = torch.from_numpy(~existing).to(x.device)
             self._write(self._take_slots(int((~existing).sum())), new_ids[~existing], x[fresh])
+        self._recentre()
         return torch.from_numpy(new_ids)
 
     @writes
@@ -141,6 +151,7 @@ class Index:
         """Delete ids. Unknown ids raise ValueError and nothing is removed."""
         gone, _ = self._slots.stored(ids, " (nothing was removed)")
         t = torch.from_numpy(self._slots.release(gone)).to(self.device)
+        self._account(self._vectors[t], -1.0)
         self._vectors[t] = 0.0
         self._scan_rows[t] = 0.0
         self._scan_rows[t, self.dim] = float("-inf")
@@ -232,14 +243,47 @@ class Index:
 
     def _write(self, slots: np.ndarray, ids: np.ndarray, x: torch.Tensor) -> None:
         t = torch.from_numpy(slots).to(self.device)
-        bias = rank_bias(x, self.metric)
+        if self._centre is None:  # the first rows set the centre (a free slot's vector is 0)
+            self._centre = data_centre(x)
+        self._account(self._vectors[t], -1.0)
+        self._account(x, 1.0)
         self._vectors[t] = x
+        self._write_scan_rows(t, x)
+        self._slots.assign(slots, ids)
+
+    def _write_scan_rows(self, t: torch.Tensor, x: torch.Tensor) -> None:
+        """Scan rows [x - centre, bias] and biases of slots t for their vectors x."""
+        xc = x - self._centre
+        bias = rank_bias(xc, self.metric)
         row = torch.zeros(x.shape[0], self._scan_rows.shape[1], dtype=self.scan_dtype, device=self.device)
-        row[:, : self.dim] = x
+        row[:, : self.dim] = xc
         row[:, self.dim] = bias
         self._scan_rows[t] = row
         self._bias[t] = bias
-        self._slots.assign(slots, ids)
+
+    def _account(self, x: torch.Tensor, sign: float) -> None:
+        """Add (sign 1) or take away (sign -1) rows x from the running sums of the live vectors."""
+        x64 = x.double()
+        self._sum += sign * x64.sum(0)
+        self._sum_squares += sign * float((x64 * x64).sum())
+
+    def _recentre(self) -> None:
+        """Once per capacity growth: when the live rows' mean has moved from the centre by more
+        than RECENTRE_SHIFT of their rms spread, take the mean as the new centre and rewrite the
+        scan rows (O(n d), like the growth itself). A centre off by s of the spread costs bf16 and
+        the L2 trick at most a factor sqrt(1 + s^2) of the digits a perfect centre keeps."""
+        n = len(self)
+        if self._slots.capacity == self._centred_at or n == 0:
+            return
+        self._centred_at = self._slots.capacity
+        mean = self._sum / n
+        spread = max(self._sum_squares / n - float(mean @ mean), 0.0)
+        shift = float(((mean - self._centre.double()) ** 2).sum())
+        if shift <= RECENTRE_SHIFT**2 * spread:
+            return
+        self._centre = mean.to(torch.float32)
+        live = torch.from_numpy(self._slots.live_slots()).to(self.device)
+        self._write_scan_rows(live, self._vectors[live])
 
 
 class _IndexTable:
@@ -253,6 +297,7 @@ class _IndexTable:
         self.dim = index.dim
         self.scan_dtype = index.scan_dtype
         self.device = index.device
+        self.centre = index._centre
         self._slot_ids = index._slots.slot_ids
         if subset is None:
             self.n = index._slots.high

@@ -4,7 +4,8 @@
 Manifest fields: dim, metric, dtype (the precision's name), recall_target, seed, capacity, high,
 blocks, next_id, count. Arrays: vectors f32[count, dim], slots i64[count] (each row's slot),
 ids i64[count], free i64[f] (the free-slot stack, next slot last), so a loaded index places new
-rows exactly where the saved one would have.
+rows exactly where the saved one would have, and centre f32[dim] (what the scan rows are
+relative to; version 1 files scanned rows as they are: centre 0).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
         "slots": slots,
         "ids": index._slots.slot_ids[dev_slots].cpu().contiguous(),
         "free": torch.from_numpy(index._slots.free.copy()),
+        "centre": (index._centre if index._centre is not None else torch.zeros(index.dim)).cpu(),
     }
     manifest = {
         "format": FORMAT,
@@ -60,8 +62,10 @@ def load(cls, path, device):
     """A `cls` (Index) read from `path`; corrupt or mismatched files raise ValueError."""
     manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION, unchecked=UNCHECKED_VERSIONS)
     m = _manifest_fields(manifest, Path(path) / MANIFEST)
-    vectors, slots, ids, free = _saved_arrays(arrays, m, arrays_path)
+    vectors, slots, ids, free, centre = _saved_arrays(arrays, m, arrays_path, manifest["version"])
     index = cls(m["dim"], metric=m["metric"], precision=m["dtype"], device=device, recall_target=m["recall_target"], seed=m["seed"])
+    index._centred_at = m["capacity"]  # the saved centre stands until the index grows
+    index._centre = centre.to(device)
     index._extend_arrays(m["capacity"])
     index._slots.restore(m["capacity"], m["blocks"], free)
     index._write(slots, ids, vectors.to(device))
@@ -91,21 +95,24 @@ def _manifest_fields(manifest: dict, where: Path) -> dict:
     return out
 
 
-def _saved_arrays(arrays: dict, m: dict, where: Path):
+def _saved_arrays(arrays: dict, m: dict, where: Path, version: int):
     expected = {
         "vectors": (torch.float32, (m["count"], m["dim"])),
         "slots": (torch.int64, (m["count"],)),
         "ids": (torch.int64, (m["count"],)),
         "free": (torch.int64, None),
     }
+    if version >= 2:
+        expected["centre"] = (torch.float32, (m["dim"],))
     if set(arrays) != set(expected):
         raise ValueError(f"{where}: arrays {sorted(arrays)} do not match {sorted(expected)}")
     for name, (dtype, shape) in expected.items():
         check_array(arrays, name, dtype, shape, where)
     vectors = arrays["vectors"]
     slots, ids, free = (arrays[k].numpy().astype(np.int64) for k in ("slots", "ids", "free"))
-    if vectors.numel() and not bool(torch.isfinite(vectors).all()):
-        raise ValueError(f"{where}: vectors contain NaN or inf")
+    centre = arrays["centre"] if version >= 2 else torch.zeros(m["dim"])
+    if (vectors.numel() and not bool(torch.isfinite(vectors).all())) or not bool(torch.isfinite(centre).all()):
+        raise ValueError(f"{where}: vectors or centre contain NaN or inf")
     if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
         raise ValueError(f"{where}: ids must be unique and non-negative")
     used = np.concatenate([slots, free])
@@ -117,4 +124,4 @@ def _saved_arrays(arrays: dict, m: dict, where: Path):
         raise ValueError(f"{where}: a slot lies beyond the scanned range {m['high']}")
     if ids.size and ids.max() >= m["next_id"]:
         raise ValueError(f"{where}: next_id {m['next_id']} must exceed every id")
-    return vectors, slots, ids, free
+    return vectors, slots, ids, free, centre

@@ -10,7 +10,7 @@ from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, scan_
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
 from .engine.rescore import finish
-from .engine.table import DenseTable, normalize_rows
+from .engine.table import DenseTable, normalize_rows, scan_dtype_for
 
 
 def search(
@@ -42,7 +42,9 @@ def search(
     against exact fp32 search is >= recall_target for any storage order that does not correlate
     with j mod L. recall_target=1.0 runs an exact fp32 scan (chunked matmul + top-k).
     precision="bf16" scores in bfloat16 (much faster where the CPU/GPU has bf16 matrix units)
-    and re-scores 2k candidate cells in fp32 to undo the rounding.
+    and re-scores 2k candidate cells in fp32 to undo the rounding (below 16 dims the scan runs in
+    fp32 anyway: `engine.table.scan_dtype_for`). Rows are scanned relative to their mean, so a
+    large common offset costs no precision.
 
     rerank: bin winners whose cells are re-scored exactly (default k for fp32, 2k for bf16;
     former name `candidates`); max_memory: working-memory budget in bytes (bounded whatever nq
@@ -62,6 +64,6 @@ def search(
     x32, q32 = x.to(torch.float32), q.to(torch.float32)
     if metric == "cos":
         x32, q32 = normalize_rows(x32, "database"), normalize_rows(q32, "queries")
-    table = DenseTable(x32.contiguous(), metric, dtype)
+    table = DenseTable(x32.contiguous(), metric, scan_dtype_for(dtype, x32.shape[1]))
     rank, slots = run_search(table, q32.contiguous(), k, metric, recall_target, rerank, max_memory, backend)
     return finish(rank, slots, metric)

@@ -5,28 +5,37 @@ import numpy as np
 import pytest
 import torch
 
-from peakknn.engine.table import DenseTable, normalize_rows, prepare_rows, rank_bias, scan_queries, scan_row_width
+from peakknn.engine.table import DenseTable, normalize_rows, prepare_rows, rank_bias, scan_queries, scan_row_width, scan_side
 
 
 @pytest.mark.parametrize("d", [1, 15, 16, 33, 100])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_scan_rows_times_scan_queries_is_the_rank_score(d, metric):
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_scan_rows_times_scan_queries_is_the_rank_score(d, metric, offset):
+    """Scan rows are [x - m, bias] for the data's mean m; with L2 queries shifted the same way,
+    the product is the rank score up to a constant per query (which the ranking ignores)."""
     g = torch.Generator().manual_seed(d)
-    x, q = torch.randn(50, d, generator=g), torch.randn(7, d, generator=g)
+    x, q = torch.randn(50, d, generator=g) + offset, torch.randn(7, d, generator=g) + offset
     width = scan_row_width(d)
     assert width % 16 == 0 and d + 1 <= width < d + 17  # room for the bias, padded to 16
     table = DenseTable(x, metric, torch.float32)
+    m = x.double().mean(0)
+    torch.testing.assert_close(table.centre, m.float())
     rows = table.scan_rows(0, 50).clone()
-    qs = scan_queries(q, torch.float32)
+    qs = scan_queries(scan_side(q, table.centre, metric), torch.float32)
     assert rows.shape == (50, width) and qs.shape == (7, width)
-    half_norms = 0.5 * (x.double() ** 2).sum(1)
+    xc = x.double() - m
+    half_norms = 0.5 * (xc**2).sum(1)
     want_bias = -half_norms if metric == "l2" else torch.zeros(50, dtype=torch.float64)
-    torch.testing.assert_close(rows[:, :d], x)
-    torch.testing.assert_close(rows[:, d], want_bias.float())
+    torch.testing.assert_close(rows[:, :d].double(), xc, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rows[:, d].double(), want_bias, rtol=1e-5, atol=1e-3)
     assert bool((rows[:, d + 1 :] == 0).all()) and bool((qs[:, d] == 1).all()) and bool((qs[:, d + 1 :] == 0).all())
-    torch.testing.assert_close((qs @ rows.T).double(), q.double() @ x.double().T + want_bias, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(table.bias(10, 20), want_bias[10:20].float())
-    torch.testing.assert_close(rank_bias(x, metric), want_bias.float())
+    true_rank = q.double() @ x.double().T - (0.5 * (x.double() ** 2).sum(1) if metric == "l2" else 0)
+    got = (qs @ rows.T).double()
+    shift = (got - true_rank)[:, :1]  # one constant per query
+    torch.testing.assert_close(got - shift, true_rank, rtol=1e-5, atol=1e-3 * (1 + offset))
+    torch.testing.assert_close(table.bias(10, 20).double(), want_bias[10:20], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(rank_bias(x, metric).double(), -(0.5 * (x.double() ** 2).sum(1)) if metric == "l2" else torch.zeros(50, dtype=torch.float64), rtol=1e-5, atol=1e-2)
     # a later chunk reuses the buffer and holds the rows it names
     torch.testing.assert_close(table.scan_rows(5, 9), rows[5:9])
     slots = torch.tensor([[3, 0], [49, 3]])

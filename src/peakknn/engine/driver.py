@@ -17,7 +17,7 @@ from .._types import precision_name
 from . import kernel_scan, torch_scan
 from .plan import CHUNK_COLUMNS, KERNEL_QUERY_BLOCK, plan_kernel, plan_scan, query_block
 from .rescore import rescore
-from .table import Table, scan_queries
+from .table import Table, scan_queries, scan_side
 
 BlockResult = tuple[torch.Tensor, torch.Tensor]
 
@@ -83,13 +83,14 @@ def run_search(
     want = min(k, table.live)  # results every query must get, however sparse the live rows
 
     def search_block(q, _start):
-        cand, valid = candidates(q)
+        qs = scan_side(q, getattr(table, "centre", None), metric)
+        cand, valid = candidates(qs)
         rank, slots = rescore(table, q, cand, valid, k, metric, max_memory)
         if plan is not None and want:
             short = rank[:, want - 1] == float("-inf")  # bins held too few live rows for these queries
             if bool(short.any()):
                 again = short.nonzero()[:, 0]
-                cand, valid = torch_scan.scan_exact(table, q[again], k)
+                cand, valid = torch_scan.scan_exact(table, qs[again], k)
                 rank[again], slots[again] = rescore(table, q[again], cand, valid, k, metric, max_memory)
         return rank, slots
 
