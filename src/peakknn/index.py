@@ -35,7 +35,7 @@ from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, preci
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
 from .engine.rescore import finish
-from .engine.table import data_centre, prepare_rows, rank_bias, scan_dtype_for, scan_row_width
+from .engine.table import ScanFrame, power_of_two_scale, prepare_rows, rank_bias, scan_dtype_for, scan_row_width
 
 RECENTRE_SHIFT = 0.25  # re-centre when the mean moved by this share of the rows' rms spread
 
@@ -73,7 +73,7 @@ class Index:
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
         self._scan_rows = torch.empty(0, scan_row_width(self.dim), dtype=self.scan_dtype, device=self.device)
         self._bias = torch.empty(0, dtype=torch.float32, device=self.device)
-        self._centre: torch.Tensor | None = None  # f32[dim] the scan rows are relative to: see _recentre
+        self._frame: ScanFrame | None = None  # how the scan rows are shifted and scaled: see _recentre
         self._sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)  # of the live vectors
         self._sum_squares = 0.0  # sum of |x|^2 over the live vectors (float64)
         self._centred_at = 0  # capacity when the centre was last checked
@@ -243,8 +243,8 @@ class Index:
 
     def _write(self, slots: np.ndarray, ids: np.ndarray, x: torch.Tensor) -> None:
         t = torch.from_numpy(slots).to(self.device)
-        if self._centre is None:  # the first rows set the centre (a free slot's vector is 0)
-            self._centre = data_centre(x)
+        if self._frame is None:  # the first rows set the frame (a free slot's vector is 0)
+            self._frame = ScanFrame.of(x)
         self._account(self._vectors[t], -1.0)
         self._account(x, 1.0)
         self._vectors[t] = x
@@ -252,8 +252,8 @@ class Index:
         self._slots.assign(slots, ids)
 
     def _write_scan_rows(self, t: torch.Tensor, x: torch.Tensor) -> None:
-        """Scan rows [x - centre, bias] and biases of slots t for their vectors x."""
-        xc = x - self._centre
+        """Scan rows [frame.rows(x), bias] and biases of slots t for their vectors x."""
+        xc = self._frame.rows(x)
         bias = rank_bias(xc, self.metric)
         row = torch.zeros(x.shape[0], self._scan_rows.shape[1], dtype=self.scan_dtype, device=self.device)
         row[:, : self.dim] = xc
@@ -268,20 +268,22 @@ class Index:
         self._sum_squares += sign * float((x64 * x64).sum())
 
     def _recentre(self) -> None:
-        """Once per capacity growth: when the live rows' mean has moved from the centre by more
-        than RECENTRE_SHIFT of their rms spread, take the mean as the new centre and rewrite the
-        scan rows (O(n d), like the growth itself). A centre off by s of the spread costs bf16 and
-        the L2 trick at most a factor sqrt(1 + s^2) of the digits a perfect centre keeps."""
+        """Once per capacity growth: when the live rows' mean has moved from the frame's centre by
+        more than RECENTRE_SHIFT of their rms spread, or their spread from the frame's scale by
+        more than a factor 2, take the live rows' frame and rewrite the scan rows (O(n d), like
+        the growth itself). A centre off by s of the spread costs bf16 and the L2 trick at most a
+        factor sqrt(1 + s^2) of the digits a perfect centre keeps."""
         n = len(self)
         if self._slots.capacity == self._centred_at or n == 0:
             return
         self._centred_at = self._slots.capacity
         mean = self._sum / n
         spread = max(self._sum_squares / n - float(mean @ mean), 0.0)
-        shift = float(((mean - self._centre.double()) ** 2).sum())
-        if shift <= RECENTRE_SHIFT**2 * spread:
+        shift = float(((mean - self._frame.centre.double()) ** 2).sum())
+        scale = power_of_two_scale(spread)
+        if shift <= RECENTRE_SHIFT**2 * spread and 0.5 <= scale / self._frame.scale <= 2.0:
             return
-        self._centre = mean.to(torch.float32)
+        self._frame = ScanFrame(mean.to(torch.float32), scale)
         live = torch.from_numpy(self._slots.live_slots()).to(self.device)
         self._write_scan_rows(live, self._vectors[live])
 
@@ -297,7 +299,7 @@ class _IndexTable:
         self.dim = index.dim
         self.scan_dtype = index.scan_dtype
         self.device = index.device
-        self.centre = index._centre
+        self.frame = index._frame
         self._slot_ids = index._slots.slot_ids
         if subset is None:
             self.n = index._slots.high

@@ -1,6 +1,8 @@
 """What the engine scans (peakknn.engine.table): scan rows [x, bias, 0...] and queries [q, 1, 0...]
 whose product is the rank score, and the dense table of `search`."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,26 +14,30 @@ from peakknn.engine.table import DenseTable, normalize_rows, prepare_rows, rank_
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("offset", [0.0, 100.0])
 def test_scan_rows_times_scan_queries_is_the_rank_score(d, metric, offset):
-    """Scan rows are [x - m, bias] for the data's mean m; with L2 queries shifted the same way,
-    the product is the rank score up to a constant per query (which the ranking ignores)."""
+    """Scan rows are [s (x - m), bias] for the data's mean m and a power-of-two scale s near
+    1 / rms(x - m); with queries scanned as s (q - m) for L2, s q otherwise, the product is s^2
+    times the rank score up to a constant per query (neither changes the ranking)."""
     g = torch.Generator().manual_seed(d)
-    x, q = torch.randn(50, d, generator=g) + offset, torch.randn(7, d, generator=g) + offset
+    x, q = 3.0 * torch.randn(50, d, generator=g) + offset, 3.0 * torch.randn(7, d, generator=g) + offset
     width = scan_row_width(d)
     assert width % 16 == 0 and d + 1 <= width < d + 17  # room for the bias, padded to 16
     table = DenseTable(x, metric, torch.float32)
     m = x.double().mean(0)
-    torch.testing.assert_close(table.centre, m.float())
+    torch.testing.assert_close(table.frame.centre, m.float())
+    s = table.frame.scale
+    rms = float(((x.double() - m) ** 2).sum(1).mean().sqrt())
+    assert math.frexp(s)[0] == 0.5 and 0.5 <= s * rms <= 2**0.5 + 1e-9  # a power of two near 1 / rms
     rows = table.scan_rows(0, 50).clone()
-    qs = scan_queries(scan_side(q, table.centre, metric), torch.float32)
+    qs = scan_queries(scan_side(q, table.frame, metric), torch.float32)
     assert rows.shape == (50, width) and qs.shape == (7, width)
-    xc = x.double() - m
+    xc = (x.double() - m) * s
     half_norms = 0.5 * (xc**2).sum(1)
     want_bias = -half_norms if metric == "l2" else torch.zeros(50, dtype=torch.float64)
     torch.testing.assert_close(rows[:, :d].double(), xc, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(rows[:, d].double(), want_bias, rtol=1e-5, atol=1e-3)
     assert bool((rows[:, d + 1 :] == 0).all()) and bool((qs[:, d] == 1).all()) and bool((qs[:, d + 1 :] == 0).all())
     true_rank = q.double() @ x.double().T - (0.5 * (x.double() ** 2).sum(1) if metric == "l2" else 0)
-    got = (qs @ rows.T).double()
+    got = (qs @ rows.T).double() / s**2
     shift = (got - true_rank)[:, :1]  # one constant per query
     torch.testing.assert_close(got - shift, true_rank, rtol=1e-5, atol=1e-3 * (1 + offset))
     torch.testing.assert_close(table.bias(10, 20).double(), want_bias[10:20], rtol=1e-5, atol=1e-3)

@@ -23,10 +23,10 @@ def test_kernel_operands_are_the_scan_rows_and_rank_corrections():
     rows, bias, mask = kernel_operands(table)
     assert bias is None and mask is None  # all-zero corrections are skipped
     assert rows.shape == (300, 20) and rows.dtype == torch.bfloat16 and rows.stride(1) == 1
-    torch.testing.assert_close(rows.float(), (x - table.centre).bfloat16().float(), rtol=0, atol=0)  # rows relative to the mean
+    torch.testing.assert_close(rows.float(), table.frame.rows(x).bfloat16().float(), rtol=0, atol=0)  # rows relative to the mean
     table = DenseTable(x, "l2", torch.float32)
     _, bias, _ = kernel_operands(table)
-    torch.testing.assert_close(bias, -0.5 * ((x - table.centre) ** 2).sum(1))
+    torch.testing.assert_close(bias, -0.5 * (table.frame.rows(x) ** 2).sum(1))
 
 
 def test_kernel_splits_keep_slices_of_at_least_16_tiles():
@@ -44,10 +44,10 @@ def test_kernel_cells_are_the_best_bin_winners(metric, rerank):
     x, q = torch.randn(3000, 16, generator=g).to(DEVICE), torch.randn(6, 16, generator=g).to(DEVICE)
     table = DenseTable(x, metric, torch.float32)
     plan = ScanPlan(bins=48, groups=1, rerank=rerank)
-    qs = scan_side(q, table.centre, metric)  # queries as the scan sees them
+    qs = scan_side(q, table.frame, metric)  # queries as the scan sees them
     slots, valid = kernel_cells(kernel_operands(table), qs, plan)
     assert slots.shape == valid.shape == (6, rerank) and slots.dtype == torch.int64 and bool(valid.all())
     splits = kernel_splits(6, 3000, 48, scan_config(6, 16, 48), q.device)
-    best, rows = scan_winners_reference(qs, x - table.centre, table.bias(0, 3000), None, 48, splits)
+    best, rows = scan_winners_reference(qs, table.frame.rows(x), table.bias(0, 3000), None, 48, splits)
     want = rows.gather(1, torch.topk(best, rerank, dim=1).indices).long()
     assert [sorted(r) for r in slots.tolist()] == [sorted(r) for r in want.tolist()]

@@ -16,7 +16,7 @@ def test_scan_exact_is_the_exact_top_k(n, k, metric):
     g = torch.Generator().manual_seed(n + k)
     x, q = torch.randn(n, 12, generator=g), torch.randn(6, 12, generator=g)
     table = DenseTable(x, metric, torch.float32)
-    slots, valid = scan_exact(table, scan_side(q, table.centre, metric), k)  # queries as the scan sees them
+    slots, valid = scan_exact(table, scan_side(q, table.frame, metric), k)  # queries as the scan sees them
     kk = min(k, n)
     assert slots.shape == valid.shape == (6, kk) and bool(valid.all())
     rank = q.double() @ x.double().T - (0.5 * (x.double() ** 2).sum(1) if metric == "l2" else 0.0)
@@ -35,7 +35,7 @@ def test_scan_cells_hold_the_best_bins_winners(n, bins, groups, rerank, metric):
     x, q = torch.randn(n, 8, generator=g), torch.randn(9, 8, generator=g)
     table = DenseTable(x, metric, torch.float32)
     plan = ScanPlan(bins=bins, groups=groups, rerank=rerank)
-    slots, valid = scan_cells(table, scan_queries(scan_side(q, table.centre, metric), torch.float32), plan)
+    slots, valid = scan_cells(table, scan_queries(scan_side(q, table.frame, metric), torch.float32), plan)
     cells = min(rerank, bins)
     assert slots.shape == valid.shape == (9, cells * groups)
     assert bool((slots >= 0).all() and (slots < n).all())

@@ -83,7 +83,7 @@ def run_search(
     want = min(k, table.live)  # results every query must get, however sparse the live rows
 
     def search_block(q, _start):
-        qs = scan_side(q, getattr(table, "centre", None), metric)
+        qs = scan_side(q, getattr(table, "frame", None), metric)
         cand, valid = candidates(qs)
         rank, slots = rescore(table, q, cand, valid, k, metric, max_memory)
         if plan is not None and want:

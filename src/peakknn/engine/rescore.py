@@ -11,7 +11,7 @@ import torch
 
 from .._types import SearchResult, is_distance
 from .plan import MAX_QUERY_BLOCK
-from .table import centred
+
 
 RESCORE_ROWS = 1024  # CPU: candidate rows gathered at once (they stay in L2 cache for their products)
 RESCORE_MIN_QUERIES = 16  # ... but at least this many queries' candidates (bounds the loop for large m)
@@ -20,17 +20,18 @@ RESCORE_MIN_QUERIES = 16  # ... but at least this many queries' candidates (boun
 def rescore(table, q32: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor, k: int, metric: str, memory: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact fp32 scores of candidate slots, then the top-k.
 
-    table: anything with `exact_rows(slots)`, `alive(slots)` and `centre` (engine.table.Table);
+    table: anything with `exact_rows(slots)`, `alive(slots)` and `frame` (engine.table.Table);
     q32: f32[nq, d]; slots, valid: [nq, m]. Returns (rank f32[nq, k], slots i64[nq, k]) where
     rank is larger-is-better (-squared distance for L2, <q, x> otherwise) and -inf marks missing
-    results. Inner products are summed relative to the centre (<q, x - m>, then + <q, m>), so a
-    large common offset costs no digits where the candidates are told apart.
+    results. Inner products are summed relative to the frame's centre (<q, x - m>, then
+    + <q, m>), so a large common offset costs no digits where the candidates are told apart.
     The candidates' rows are gathered a few at a time (on CPU, RESCORE_ROWS) and scored into one
     [nq, m] matrix within `memory` bytes of gathered rows; one top-k follows.
     """
     nq, m = slots.shape
     d = q32.shape[1]
-    centre = getattr(table, "centre", None)
+    frame = getattr(table, "frame", None)
+    centre = frame.centre if frame is not None else None
     most = max(RESCORE_MIN_QUERIES, RESCORE_ROWS // max(1, m)) if q32.device.type == "cpu" else MAX_QUERY_BLOCK
     step = int(max(1, min(most, MAX_QUERY_BLOCK, memory // max(1, m * d * 8))))
     r = torch.empty(nq, m, dtype=torch.float32, device=q32.device)
@@ -39,7 +40,7 @@ def rescore(table, q32: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor, 
         if metric == "l2":
             torch.sum((x - q.unsqueeze(1)).square_(), dim=2, out=r[i : i + step]).neg_()
         else:
-            torch.bmm(centred(x, centre), q.unsqueeze(2), out=r[i : i + step].unsqueeze(2))
+            torch.bmm(x if centre is None else x - centre, q.unsqueeze(2), out=r[i : i + step].unsqueeze(2))
     r.masked_fill_(~(valid & table.alive(slots)), float("-inf"))
     kk = min(k, m)
     top_r, pos = torch.topk(r, kk, dim=1)

@@ -8,15 +8,18 @@ where bias_j is the metric's rank correction (-|x|^2/2 for L2, 0 otherwise) or -
 row. With the query written as [q, 1, 0...] (`scan_queries`), one matrix product gives the rank
 score <q, x_j> + bias_j of every row: L2 and deletions cost no extra pass.
 
-Centring: a table may scan its rows relative to a centre m (`Table.centre`, the data's mean):
-scan rows hold x - m and the L2 bias is -|x - m|^2/2, L2 queries are scanned as q - m
-(`scan_side`). Ranks change by a constant per query only (<q, x - m> = <q, x> - <q, m>;
-|q - x| = |(q - m) - (x - m)|), but the digits that bf16 and the L2 trick keep are those of the
-rows' spread, not of a large common offset (docs/ALGORITHMS.md section 3).
+The scan's frame (`ScanFrame`, `Table.frame`): rows are scanned as s (x - m) for the data's mean
+m and a power-of-two scale s near 1 / (their rms spread), with the L2 bias -|s (x - m)|^2/2, and
+queries as s (q - m) for L2, s q otherwise (`ScanFrame.queries`). Ranks change by a positive
+factor and a constant per query only (<q, x - m> = <q, x> - <q, m>; |q - x| = |(q - m) - (x - m)|),
+but the digits that bf16 and the L2 trick keep are those of the rows' spread, not of a large
+common offset, and scores of tiny or huge vectors stay in range (docs/ALGORITHMS.md section 3).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Protocol
 
 import torch
@@ -31,7 +34,7 @@ class Table(Protocol):
 
     n: int
     live: int  # rows that may be returned (n minus dead and masked rows)
-    centre: torch.Tensor | None  # f32[d] the scan rows are relative to (None: 0)
+    frame: "ScanFrame | None"  # how rows and queries are shifted and scaled for the scan (None: not)
     dim: int  # d, the vectors' dimension
     scan_dtype: torch.dtype
     device: torch.device
@@ -57,21 +60,49 @@ def scan_dtype_for(dtype: torch.dtype, dim: int) -> torch.dtype:
     return torch.float32 if dim < SCAN_ALIGN else dtype
 
 
-def data_centre(x32: torch.Tensor) -> torch.Tensor:
-    """f32[d] mean of the rows f32[n, d] (accumulated in float64; zeros for no rows)."""
-    if x32.shape[0] == 0:
-        return torch.zeros(x32.shape[1], dtype=torch.float32, device=x32.device)
-    return x32.double().mean(0).to(torch.float32)
+@dataclasses.dataclass(frozen=True)
+class ScanFrame:
+    """centre f32[d] and scale (a power of two): rows are scanned as scale * (x - centre)."""
+
+    centre: torch.Tensor
+    scale: float = 1.0
+
+    @classmethod
+    def of(cls, x32: torch.Tensor) -> "ScanFrame":
+        """The frame of rows f32[n, d]: their mean (accumulated in float64) and the power of two
+        nearest 1 / their rms distance from it (1 for no rows or no spread)."""
+        if x32.shape[0] == 0:
+            return cls(torch.zeros(x32.shape[1], dtype=torch.float32, device=x32.device))
+        x64 = x32.double()
+        mean = x64.mean(0)
+        return cls(mean.to(torch.float32), power_of_two_scale(float(((x64 - mean) ** 2).sum(1).mean())))
+
+    def rows(self, x32: torch.Tensor) -> torch.Tensor:
+        """scale * (x - centre)."""
+        return (x32 - self.centre) * self.scale
+
+    def queries(self, q32: torch.Tensor, metric: str) -> torch.Tensor:
+        """The queries as the scan sees them: scale * (q - centre) for L2 (both sides shift),
+        scale * q otherwise (an inner product's ranking ignores a shift of the rows)."""
+        return (q32 - self.centre if metric == "l2" else q32) * self.scale
 
 
-def scan_side(q32: torch.Tensor, centre: torch.Tensor | None, metric: str) -> torch.Tensor:
-    """The queries as the scan sees them: q - centre for L2 (both sides shift), q otherwise."""
-    return q32 - centre if centre is not None and metric == "l2" else q32
+def power_of_two_scale(mean_square: float) -> float:
+    """2^-round(log2(rms)) for a mean square (exact to apply in floating point); 1 where the
+    mean square is 0 or not finite."""
+    if not (mean_square > 0 and math.isfinite(mean_square)):
+        return 1.0
+    return 2.0 ** -round(0.5 * math.log2(mean_square))
 
 
-def centred(x32: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
-    """x - centre (x itself when there is no centre)."""
-    return x32 if centre is None else x32 - centre
+def scan_side(q32: torch.Tensor, frame: ScanFrame | None, metric: str) -> torch.Tensor:
+    """`frame.queries(q32, metric)`, or q32 for a table without a frame."""
+    return q32 if frame is None else frame.queries(q32, metric)
+
+
+def in_frame(x32: torch.Tensor, frame: ScanFrame | None) -> torch.Tensor:
+    """`frame.rows(x32)`, or x32 for a table without a frame."""
+    return x32 if frame is None else frame.rows(x32)
 
 
 def scan_row_width(dim: int) -> int:
@@ -120,7 +151,7 @@ class DenseTable:
         self.x = x32
         self.n, self.dim = x32.shape
         self.live = self.n
-        self.centre = data_centre(x32)
+        self.frame = ScanFrame.of(x32)
         self.scan_dtype = dtype
         self.device = x32.device
         self.metric = metric
@@ -131,7 +162,7 @@ class DenseTable:
         if self._buf is None or self._buf.shape[0] < rows:
             self._buf = torch.zeros(rows, scan_row_width(self.dim), dtype=self.scan_dtype, device=self.device)
         buf = self._buf[:rows]
-        chunk = self.x[start:stop] - self.centre
+        chunk = self.frame.rows(self.x[start:stop])
         buf[:, : self.dim] = chunk
         buf[:, self.dim] = rank_bias(chunk, self.metric)
         return buf
@@ -140,7 +171,7 @@ class DenseTable:
         return self.x.index_select(0, slots.reshape(-1)).view(*slots.shape, self.x.shape[1])
 
     def bias(self, start: int, stop: int) -> torch.Tensor:
-        return rank_bias(self.x[start:stop] - self.centre, self.metric)
+        return rank_bias(self.frame.rows(self.x[start:stop]), self.metric)
 
     def alive(self, slots: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(slots, dtype=torch.bool)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .plan import CHUNK_COLUMNS, ScanPlan
-from .table import Table, centred
+from .table import Table, in_frame
 
 
 def scan_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +57,8 @@ def scan_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torc
 def scan_exact(table: Table, q32: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k slots by fp32 rank score: i64[nq, min(k, n)] slots and their validity.
 
-    q32: f32[nq, d] queries as the scan sees them (`table.scan_side`); rows are taken relative
-    to the table's centre, so scores keep the digits of the rows' spread."""
+    q32: f32[nq, d] queries as the scan sees them (`table.scan_side`); rows are taken in the
+    table's frame, so scores keep the digits of the rows' spread."""
     nq = q32.shape[0]
     kk = min(k, table.n)
     mask = getattr(table, "mask", None)
@@ -67,7 +67,7 @@ def scan_exact(table: Table, q32: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     for start in range(0, table.n, CHUNK_COLUMNS):
         stop = min(start + CHUNK_COLUMNS, table.n)
         idx = torch.arange(start, stop, device=q32.device)
-        s = q32 @ centred(table.exact_rows(idx), getattr(table, "centre", None)).T + table.bias(start, stop)
+        s = q32 @ in_frame(table.exact_rows(idx), getattr(table, "frame", None)).T + table.bias(start, stop)
         if mask is not None:  # rows outside a filter the kernel would have masked
             s.masked_fill_(~mask[start:stop], float("-inf"))
         merged_s = torch.cat([best_s, s], dim=1)
