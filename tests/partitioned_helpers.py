@@ -73,10 +73,14 @@ def low_rank(n=3000, d=48, rank=12, nq=60, seed=0):
 
 def taken_partitions(index, q, probe):
     """i64[nq]: partitions an adaptive search takes per query, recomputed from the centres in
-    float64 (every centre whose score is within probe_gap * |q| of the query's best, at most
-    ADAPTIVE_SPREAD * probe)."""
-    c = index._centres.double()
+    float64 in the index's scan frame (s, m): every centre whose score <q', c'> (- |c'|^2/2 for
+    L2) is within probe_gap * |q'| of the query's best, at most ADAPTIVE_SPREAD * probe, for
+    c' = s (c - m) and q' = s (q - m) (L2) or s q."""
+    frame = index._trained.frame
+    m, s = frame.centre.double(), frame.scale
+    c = (index._centres.double() - m) * s
     qd = q.double() / (q.double().norm(dim=1, keepdim=True) if index.metric == "cos" else 1.0)
+    qd = (qd - m if index.metric == "l2" else qd) * s
     scores = qd @ c.T - (0.5 * (c * c).sum(1) if index.metric == "l2" else 0.0)
     top = torch.sort(scores, dim=1, descending=True).values[:, : min(c.shape[0], ADAPTIVE_SPREAD * probe)]
     return ((top[:, :1] - top) <= index.probe_gap(probe) * qd.norm(dim=1, keepdim=True)).sum(1)

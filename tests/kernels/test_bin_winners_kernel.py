@@ -128,3 +128,24 @@ def test_approx_topk_kernel_gradients():
     v.sum().backward()
     expected = torch.zeros_like(x).scatter_(1, i, 1.0)
     torch.testing.assert_close(x.grad, expected)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_kernel_ranks_nan_as_torch_topk_does(largest):
+    """NaN counts as larger than everything: with the largest wanted, every NaN of a row is
+    selected first (fewer than k of them); with the smallest wanted, none is."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5000, generator=g)
+    x[0, [7, 8, 4001]] = float("nan")  # in distinct bins (bins are strided)
+    x = x.to(DEVICE)
+    values, indices = peakknn.approx_topk(x, 10, recall_target=0.9, largest=largest, backend="triton")
+    nan_at = {7, 8, 4001}
+    if largest:
+        assert set(indices[0, :3].tolist()) == nan_at and bool(torch.isnan(values[0, :3]).all())
+    else:
+        assert not (set(indices[0].tolist()) & nan_at)
+    assert not torch.isnan(values[1:]).any()
+    best, index = bin_winners(x, 64, largest)
+    ref_best, ref_index = bin_winners_reference(x, 64, largest)
+    torch.testing.assert_close(best, ref_best)
+    assert torch.equal(index, ref_index)

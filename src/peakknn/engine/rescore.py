@@ -24,14 +24,15 @@ def rescore(table, q32: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor, 
     q32: f32[nq, d]; slots, valid: [nq, m]. Returns (rank f32[nq, k], slots i64[nq, k]) where
     rank is larger-is-better (-squared distance for L2, <q, x> otherwise) and -inf marks missing
     results. Inner products are summed relative to the frame's centre (<q, x - m>, then
-    + <q, m>), so a large common offset costs no digits where the candidates are told apart.
+    + <q, m>) where the offset matters (`ScanFrame.offset_matters`), so a large common offset
+    costs no digits where the candidates are told apart.
     The candidates' rows are gathered a few at a time (on CPU, RESCORE_ROWS) and scored into one
     [nq, m] matrix within `memory` bytes of gathered rows; one top-k follows.
     """
     nq, m = slots.shape
     d = q32.shape[1]
     frame = getattr(table, "frame", None)
-    centre = frame.centre if frame is not None else None
+    centre = frame.centre if frame is not None and frame.offset_matters else None
     most = max(RESCORE_MIN_QUERIES, RESCORE_ROWS // max(1, m)) if q32.device.type == "cpu" else MAX_QUERY_BLOCK
     step = int(max(1, min(most, MAX_QUERY_BLOCK, memory // max(1, m * d * 8))))
     r = torch.empty(nq, m, dtype=torch.float32, device=q32.device)

@@ -77,6 +77,12 @@ class ScanFrame:
         mean = x64.mean(0)
         return cls(mean.to(torch.float32), power_of_two_scale(float(((x64 - mean) ** 2).sum(1).mean())))
 
+    @property
+    def offset_matters(self) -> bool:
+        """True when the centre lies farther from 0 than the rows' rms spread (|m| s > 1): then
+        fp32 sums of <q, x> lose digits that <q, x - m> keeps; otherwise at most one bit."""
+        return float(torch.linalg.vector_norm(self.centre)) * self.scale > 1.0
+
     def rows(self, x32: torch.Tensor) -> torch.Tensor:
         """scale * (x - centre)."""
         return (x32 - self.centre) * self.scale

@@ -1,7 +1,8 @@
 """bin_winners: the partial reduction without the product, for approx_topk on CUDA.
 
 Row r of x: [R, n]; element j -> bin j mod bins; the best value and its first index per bin
-(values widened to fp32 and negated when the smallest are wanted, so larger always wins). Each
+(values widened to fp32, NaN read as +inf as torch.topk ranks it, and negated when the smallest
+are wanted, so larger always wins). Each
 (group, bin) lane keeps its own running best, so lanes are reduced only once at the end.
 
 In this file: the kernel, the launcher (`bin_winners`) and its plain-torch specification
@@ -39,6 +40,7 @@ def _bin_winners_kernel(
         j = start + first
         ok = col_ok[None, :] & (j < n)
         v = tl.load(base + j, mask=ok, other=0.0).to(tl.float32)
+        v = tl.where(v == v, v, float("inf"))  # NaN ranks above everything, as in torch.topk
         if not LARGEST:
             v = -v
         v = tl.where(ok, v, float("-inf"))
@@ -80,6 +82,7 @@ def bin_winners_reference(rows: torch.Tensor, bins: int, largest: bool) -> tuple
     the best oriented fp32 value and the first index reaching it."""
     r, n = rows.shape
     values = rows.to(torch.float32)
+    values = torch.where(torch.isnan(values), float("inf"), values)  # NaN ranks above everything
     if not largest:
         values = -values
     groups = ceil_div(n, bins)

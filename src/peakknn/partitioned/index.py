@@ -331,11 +331,11 @@ class PartitionedIndex:
         if slots.size == 0:
             return
         copies = self._copies
-        parts = training.assign(x, self._centres, training.partition_eta(self.settings, self.metric, self.dim), copies)
+        parts = training.assign(x, self._centres, training.partition_eta(self.settings, self.metric, self.dim), copies, self._trained.frame)
         # every copy of every row as one entry, appended partition by partition
         eta = training.code_eta(self.settings, self.metric, self.dim)
         codes = torch.cat([training.encode(x, parts[:, c], self._trained, eta) for c in range(copies)])
-        bias = rank_bias(x, self.metric).repeat(copies)
+        bias = rank_bias(self._trained.frame.rows(x), self.metric).repeat(copies)  # pages rank in the frame
         entry_slots, entry_copy = np.tile(slots, copies), np.repeat(np.arange(copies), slots.size)
         self._entries.append(parts.T.reshape(-1).cpu(), codes, entry_slots, entry_copy, bias)
 

@@ -8,12 +8,14 @@ for a trained index every partition's entries in position order (codes, entry_ro
 entry's row in `ids`, bias f32, partition_sizes i64[P]), centres f32[P, dim], the codec's state
 (int8_scale or pq_centres), projection f32[dim, m] when the rows are projected, and probe_gaps
 f32[min(P, GAP_COLUMNS)] (absent from files written before adaptive probing: such an index
-searches with fixed probes).
+searches with fixed probes), and the scan frame frame_centre f32[dim], frame_scale f64[1]
+(version 2 files have none: their codes hold the rows as they are, the identity frame).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ import torch
 from .. import io
 from .._checks import check_array
 from .._types import METRICS
+from ..engine.table import ScanFrame
 from ..quant.codes import Int8Codes, ProductQuantizer
 from .settings import GAP_COLUMNS, PartitionSettings, SearchSettings
 from .training import Trained
@@ -52,6 +55,8 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
             arrays["projection"] = index._projection
         if index._probe_gaps is not None:  # None: loaded from a file written before adaptive probing
             arrays["probe_gaps"] = index._probe_gaps
+        arrays["frame_centre"] = index._trained.frame.centre
+        arrays["frame_scale"] = torch.tensor([index._trained.frame.scale], dtype=torch.float64)
     arrays["ids"] = index._slots.slot_ids[slots]
     if index.settings.keep_vectors or not index.is_trained:  # an empty index saves f32[0, dim]
         arrays["vectors"] = index._vectors[slots.to(index.device)] if index._vectors.shape[0] else index._vectors[:0]
@@ -96,11 +101,11 @@ def load(cls, path, device):
     if not trained:
         index._insert(ids, vectors.to(index.device), auto_train=False)
         return index
-    _restore(index, arrays, ids, vectors, where)
+    _restore(index, arrays, ids, vectors, where, manifest["version"])
     return index
 
 
-def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None, where) -> None:
+def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None, where, manifest_version: int) -> None:
     """Rebuild a trained index's partitions from saved arrays (entries in partition order)."""
     s, dim, count, copies = index.settings, index.dim, ids.size, index._copies
     centres = check_array(arrays, "centres", torch.float32, (s.partitions, dim), where)
@@ -140,7 +145,15 @@ def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None,
     tensors += [projection] if projection is not None else []
     if not all(bool(torch.isfinite(t).all()) for t in tensors):
         raise ValueError(f"{where}: centres, biases, codec or projection contain NaN or inf")
-    index._set_trained(Trained(centres=centres.to(index.device), codec=codec, projection=projection, probe_gaps=gaps))
+    frame = ScanFrame(torch.zeros(dim), 1.0)  # version 2: rows were coded as they are
+    if manifest_version >= 3:
+        frame_centre = check_array(arrays, "frame_centre", torch.float32, (dim,), where)
+        frame_scale = float(check_array(arrays, "frame_scale", torch.float64, (1,), where)[0])
+        if not bool(torch.isfinite(frame_centre).all()) or not (frame_scale > 0 and math.isfinite(frame_scale) and math.frexp(frame_scale)[0] == 0.5):
+            raise ValueError(f"{where}: frame_centre must be finite and frame_scale a positive power of two")
+        frame = ScanFrame(frame_centre, frame_scale)
+    frame = ScanFrame(frame.centre.to(index.device), frame.scale)
+    index._set_trained(Trained(centres=centres.to(index.device), codec=codec, projection=projection, probe_gaps=gaps, frame=frame))
     slots = index._take_slots(count)
     index._slots.assign(slots, ids)
     if vectors is not None:

@@ -44,19 +44,22 @@ def search(index, q: torch.Tensor, k: int, considered: int, gap: float | None, d
     probes all of them, or with a gap those within gap * |q| of its best; depth: candidates re-ranked exactly (None: none, code
     scores are returned); bias f32[pages, page rows]: rank bias of every page row, -inf = skip."""
     lists: PagedLists = index._entries.lists
-    centres = index._centres
-    metric, partitions = index.metric, centres.shape[0]
+    trained = index._trained
+    metric, partitions = index.metric, trained.centres.shape[0]
+    residual = index.settings.codes == "pq4"
+    centres = trained.frame_centres  # partitions are chosen in the frame (training.best_centres)
     centre_bias = rank_bias(centres, metric) if metric == "l2" else None
     page_counts = lists.table()[2].to(q.device)
     # inner-product partition choice tolerates bf16 scores; L2 ranks and pq4 offsets keep fp32
-    centres16 = centres.to(torch.bfloat16) if metric != "l2" and index.settings.codes != "pq4" else None
+    centres16 = centres.to(torch.bfloat16) if metric != "l2" and not residual else None
 
     def outer_block(qo: torch.Tensor, _start: int):
-        dot_c = qo @ centres.T if centres16 is None else (qo.to(torch.bfloat16) @ centres16.T).float()  # [nq, P]
+        qf = trained.frame.queries(qo, metric)
+        dot_c = qf @ centres.T if centres16 is None else (qf.to(torch.bfloat16) @ centres16.T).float()  # [nq, P]
         top, pids = torch.topk(dot_c if centre_bias is None else dot_c + centre_bias, considered, dim=1)
         take = None  # all `considered` partitions of every query
-        if gap is not None:  # the partitions within gap * |q| of each query's best
-            take = (top[:, :1] - top) <= gap * torch.linalg.vector_norm(qo, dim=1, keepdim=True)
+        if gap is not None:  # the partitions within gap * |q'| of each query's best (training.probe_gaps)
+            take = (top[:, :1] - top) <= gap * torch.linalg.vector_norm(qf, dim=1, keepdim=True)
         # the score buffer holds (most pages of one query) x page rows per query: split the
         # block where that would exceed max_memory
         pages = page_counts[pids] if take is None else page_counts[pids] * take
@@ -74,8 +77,10 @@ def search(index, q: torch.Tensor, k: int, considered: int, gap: float | None, d
 
 def search_block(index, q, dot_c, pids, take, k: int, depth: int | None, bias: torch.Tensor, max_memory: int):
     """Top-k (rank scores, slots) of queries q [nq, d] that probe partitions pids i64[nq, w]
-    (those where take bool[nq, w] is True, or all when take is None; dot_c: their
-    <q, centre> [nq, P]; bias: f32[pages, page rows] rank bias, -inf = skip)."""
+    (those where take bool[nq, w] is True, or all when take is None; dot_c: <q', c'> [nq, P] in
+    the frame; bias: f32[pages, page rows] rank bias, -inf = skip). Scores are frame ranks:
+    bf16/int8 codes hold frame rows; pq4 codes hold residuals r = x - c, scored as
+    s <q', r> + <q', c'> (x' = s r + c')."""
     dev, nq, lists = q.device, q.shape[0], index._entries.lists
     codec, projection, copies = index._codec, index._projection, index._copies
     rows_per_page = lists.page_rows
@@ -87,9 +92,11 @@ def search_block(index, q, dot_c, pids, take, k: int, depth: int | None, bias: t
     scratch = index._scratch
     buf = scratch.take("scores", (nq * pairs.pages_per_query, rows_per_page), torch.bfloat16 if exact_later else torch.float32, dev)
     buf.fill_(float("-inf"))
-    qp = q if projection is None else q @ projection
+    frame = index._trained.frame
+    qs = frame.queries(q, index.metric)
+    qp = qs * frame.scale if residual else qs if projection is None else qs @ projection
     q_scan = codec.scan_queries(qp) if codec is not None else qp.to(torch.bfloat16)
-    offset = dot_c[pairs.query, pairs.partition] if residual else None  # <q, centre> per pair
+    offset = dot_c[pairs.query, pairs.partition] if residual else None  # <q', c'> per pair
     group_pages = max(1, GROUP_BYTES // (2 * rows_per_page * q_scan.shape[1]))
     for g0, g1, lo, hi, most in pairs.groups(group_pages, max(1, GROUP_SCORES // rows_per_page), GROUP_GAP):
         local, rank = pairs.page[lo:hi] - g0, pairs.rank[lo:hi]
@@ -122,8 +129,10 @@ def search_block(index, q, dot_c, pids, take, k: int, depth: int | None, bias: t
     if depth is not None:
         return rescore(ExactRows(index), q, slot, valid, k, index.metric, max_memory)
     best = best.masked_fill(~valid, float("-inf"))
-    if index.metric == "l2":  # scan rank <q, x> - |x|^2/2 -> -|q - x|^2
-        best = 2 * best - (q * q).sum(1, keepdim=True)
+    if index.metric == "l2":  # scan rank <q', x'> - |x'|^2/2 -> -|q' - x'|^2, then out of the frame
+        best = (2 * best - (qs * qs).sum(1, keepdim=True)) / frame.scale**2
+    else:  # s^2 <q, x - m> -> <q, x>
+        best = best / frame.scale**2 + (q.double() @ frame.centre.double()).to(torch.float32).unsqueeze(1)
     best, slot = pad_results(best, slot, k)
     return best, slot.masked_fill(best == float("-inf"), 0)
 
@@ -134,6 +143,7 @@ class ExactRows:
     def __init__(self, index):
         self.vectors = index._vectors
         self.slot_ids = index._slots.slot_ids
+        self.frame = index._trained.frame  # inner products are re-scored relative to its centre
 
     def exact_rows(self, slots: torch.Tensor) -> torch.Tensor:
         return self.vectors.index_select(0, slots.reshape(-1)).view(*slots.shape, self.vectors.shape[1])

@@ -1,8 +1,10 @@
 """Training a PartitionedIndex, and the per-row choices that training fixes.
 
-`fit` learns from a sample: k-means (or anisotropic k-means) centres numbered by popularity, the
-optional projection of bf16/int8 rows on the sample's leading principal directions
-(scan_dims), the codec (int8 scales or anisotropic 4-bit PQ) and the adaptive probe's gaps.
+`fit` learns from a sample: its scan frame (mean and scale: every score below is computed on
+s (x - m), so a large common offset or a tiny norm costs no digits), k-means (or anisotropic
+k-means) centres numbered by popularity, the optional projection of bf16/int8 rows on the
+sample's leading principal directions (scan_dims), the codec (int8 scales or anisotropic 4-bit
+PQ) and the adaptive probe's gaps.
 `assign` picks each row's partition (and with spill, SOAR's second one); `encode` turns rows into
 their stored codes. docs/ALGORITHMS.md has the math (AVQ, SOAR, the probe calibration).
 """
@@ -13,7 +15,7 @@ import dataclasses
 
 import torch
 
-from ..engine.table import rank_bias
+from ..engine.table import ScanFrame, in_frame, rank_bias, scan_side
 from ..quant.avq import assignment_loss, avq_kmeans, eta_from_threshold
 from ..quant.codes import Int8Codes, ProductQuantizer, calibrated_dims, principal_directions
 from .settings import ADAPTIVE_SPREAD, GAP_COLUMNS, SCAN_K, SCAN_RECALL, PartitionSettings
@@ -29,12 +31,20 @@ GAP_SAMPLE = 1024  # adaptive probe: rows of the sample its gaps are calibrated 
 class Trained:
     """What training learns: centres f32[P, d] (most popular first); codec (None for bf16
     codes); projection f32[d, m] or None; probe_gaps f32[min(P, GAP_COLUMNS)] (see probe_gaps;
-    None for an index loaded from a file written before adaptive probing)."""
+    None for an index loaded from a file written before adaptive probing); frame: the scan frame
+    (identity for files written before it existed). bf16/int8 codes hold projected frame rows
+    P^T s (x - m); partition choice, assignment and calibration score in the frame too."""
 
     centres: torch.Tensor
     codec: Int8Codes | ProductQuantizer | None
     projection: torch.Tensor | None
     probe_gaps: torch.Tensor | None
+    frame: ScanFrame
+
+    @property
+    def frame_centres(self) -> torch.Tensor:
+        """f32[P, d] the centres in the frame."""
+        return self.frame.rows(self.centres)
 
 
 def partition_eta(settings: PartitionSettings, metric: str, dim: int) -> float:
@@ -61,32 +71,42 @@ def fit(x: torch.Tensor, settings: PartitionSettings, metric: str, probe: int) -
     most = MAX_TRAIN_PER_PARTITION * s.partitions
     if x.shape[0] > most:
         x = x[torch.randperm(x.shape[0], generator=g)[:most].to(x.device)]
-    centres, assigned = avq_kmeans(x, s.partitions, eta=partition_eta(s, metric, dim), iters=s.iters, seed=s.seed)
+    frame = ScanFrame.of(x)
+    xf = frame.rows(x)
+    eta = partition_eta(s, metric, dim)
+    if eta == 1.0:  # k-means is translation invariant: cluster in the frame, where |x - c| keeps its digits
+        centres, assigned = avq_kmeans(xf, s.partitions, eta=eta, iters=s.iters, seed=s.seed)
+        centres = centres / frame.scale + frame.centre
+    else:  # the anisotropic loss weighs directions from the origin: cluster the rows as they are
+        centres, assigned = avq_kmeans(x, s.partitions, eta=eta, iters=s.iters, seed=s.seed)
     codec, projection = None, None
     if s.scan_dims == "auto":
-        basis = principal_directions(x, dim)
-        bias = rank_bias(x, metric) if metric == "l2" else None  # the scan adds it exactly
-        m = calibrated_dims(x, basis, SCAN_K, 2 * SCAN_K, SCAN_RECALL, bias=bias, seed=s.seed)
+        basis = principal_directions(xf, dim)
+        bias = rank_bias(xf, metric) if metric == "l2" else None  # the scan adds it exactly
+        m = calibrated_dims(xf, basis, SCAN_K, 2 * SCAN_K, SCAN_RECALL, bias=bias, seed=s.seed, query_rows=frame.queries(x, metric))
         projection = basis[:, :m].contiguous() if m < dim else None
     elif s.scan_dims is not None:
-        projection = principal_directions(x, s.scan_dims)
+        projection = principal_directions(xf, s.scan_dims)
     if s.codes == "int8":
-        codec = Int8Codes.train(x if projection is None else x @ projection)
+        codec = Int8Codes.train(xf if projection is None else xf @ projection)
     elif s.codes == "pq4":
         residuals = x - centres[assigned]
         units = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
         pick = torch.randperm(x.shape[0], generator=g)[:PQ_TRAIN_ROWS].to(x.device)
         codec = ProductQuantizer.train(residuals[pick], s.block_dims, eta=code_eta(s, metric, dim), directions=units[pick], seed=s.seed)
-    centres = by_popularity(centres, x, metric, probe)
-    gaps = probe_gaps(x[torch.randperm(x.shape[0], generator=g)[:GAP_SAMPLE].to(x.device)], centres, metric)
-    return Trained(centres=centres, codec=codec, projection=projection, probe_gaps=gaps)
+    centres = by_popularity(centres, x, metric, probe, frame)
+    gaps = probe_gaps(x[torch.randperm(x.shape[0], generator=g)[:GAP_SAMPLE].to(x.device)], centres, metric, frame)
+    return Trained(centres=centres, codec=codec, projection=projection, probe_gaps=gaps, frame=frame)
 
 
-def assign(x: torch.Tensor, centres: torch.Tensor, eta: float, copies: int) -> torch.Tensor:
+def assign(x: torch.Tensor, centres: torch.Tensor, eta: float, copies: int, frame: ScanFrame | None = None) -> torch.Tensor:
     """i64[m, copies] partitions of rows x: the least partitioning loss, then (copies = 2, spill)
     the SOAR choice: least |x - c|^2 + SOAR_LAMBDA * <x - c, r>^2 over the other partitions,
-    r the unit residual in the first, so the two residuals are nearly orthogonal."""
+    r the unit residual in the first, so the two residuals are nearly orthogonal. Both are
+    translation invariant and are computed in the frame (eta = 1), where they keep their digits."""
     c = centres
+    if eta == 1.0 and frame is not None:
+        x, c = frame.rows(x), frame.rows(centres)
     c2 = (c * c).sum(1)
     parts = []
     for i in range(0, x.shape[0], ASSIGN_BLOCK):
@@ -111,32 +131,35 @@ def assign(x: torch.Tensor, centres: torch.Tensor, eta: float, copies: int) -> t
 def encode(x: torch.Tensor, partition: torch.Tensor, trained: Trained, eta: float) -> torch.Tensor:
     """Stored codes of rows x f32[m, d] placed in partitions i64[m]: bf16 (projected) rows,
     int8 codes, or packed PQ codes of the residuals x - centre."""
+    codec = trained.codec
+    if isinstance(codec, ProductQuantizer):  # residuals of the rows as they are
+        units = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
+        return codec.encode(x - trained.centres[partition], units, eta)
+    x = trained.frame.rows(x)
     if trained.projection is not None:
         x = x @ trained.projection
-    codec = trained.codec
-    if codec is None:
-        return x.to(torch.bfloat16)
-    if isinstance(codec, Int8Codes):
-        return codec.encode(x)
-    units = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
-    return codec.encode(x - trained.centres[partition], units, eta)
+    return x.to(torch.bfloat16) if codec is None else codec.encode(x)
 
 
-def best_centres(rows: torch.Tensor, centres: torch.Tensor, metric: str, count: int):
+def best_centres(rows: torch.Tensor, centres: torch.Tensor, metric: str, count: int, frame: ScanFrame | None = None):
     """Yield (scores f32[b, count], partitions i64[b, count]) of the `count` best centres of each
-    block of ASSIGN_BLOCK rows, by rank score <x, c> (- |c|^2/2 for L2), best first."""
-    bias = rank_bias(centres, metric) if metric == "l2" else 0.0
+    block of ASSIGN_BLOCK rows (as queries), by rank score in the frame: <q', c'> (- |c'|^2/2 for
+    L2) for q' = frame.queries(q), c' = frame.rows(c) (q, c without a frame), best first."""
+    cf = in_frame(centres, frame)
+    bias = rank_bias(cf, metric) if metric == "l2" else 0.0
     for i in range(0, rows.shape[0], ASSIGN_BLOCK):
-        yield torch.topk(rows[i : i + ASSIGN_BLOCK] @ centres.T + bias, count, dim=1)
+        yield torch.topk(scan_side(rows[i : i + ASSIGN_BLOCK], frame, metric) @ cf.T + bias, count, dim=1)
 
 
-def probe_gaps(sample: torch.Tensor, centres: torch.Tensor, metric: str) -> torch.Tensor:
+def probe_gaps(sample: torch.Tensor, centres: torch.Tensor, metric: str, frame: ScanFrame | None = None) -> torch.Tensor:
     """f32[c] adaptive-probe gaps, c = min(partitions, GAP_COLUMNS): entry p - 1 is the gap g
-    for which the sample's rows, as queries, have on average p of their best
-    min(c, ADAPTIVE_SPREAD * p) centres within g * |row| of their best (entries p >= c: inf)."""
+    for which the sample's rows, as queries q, have on average p of their best
+    min(c, ADAPTIVE_SPREAD * p) centres (by `best_centres`) within g * |q'| of their best, where
+    q' = frame.queries(q) (entries p >= c: inf)."""
     c = min(centres.shape[0], GAP_COLUMNS)
-    top = torch.cat([values for values, _ in best_centres(sample, centres, metric, c)])
-    gaps = (top[:, :1] - top) / torch.linalg.vector_norm(sample, dim=1, keepdim=True).clamp_min(1e-30)
+    top = torch.cat([values for values, _ in best_centres(sample, centres, metric, c, frame)])
+    norms = torch.linalg.vector_norm(scan_side(sample, frame, metric), dim=1, keepdim=True)
+    gaps = (top[:, :1] - top) / norms.clamp_min(1e-30)
     gaps = gaps.cpu()  # [m, c], ascending along each row, column 0 = 0
     m = gaps.shape[0]
     out = torch.full((c,), float("inf"))
@@ -146,12 +169,12 @@ def probe_gaps(sample: torch.Tensor, centres: torch.Tensor, metric: str) -> torc
     return out.to(centres.device)
 
 
-def by_popularity(centres: torch.Tensor, sample: torch.Tensor, metric: str, probe: int) -> torch.Tensor:
+def by_popularity(centres: torch.Tensor, sample: torch.Tensor, metric: str, probe: int, frame: ScanFrame | None = None) -> torch.Tensor:
     """centres reordered from the most to the least often probed by the sample's rows (as
     queries, `probe` partitions each). Partition ids then follow popularity, and so does the page
     layout: consecutive pages get similar numbers of queries, and the batched products that
     score runs of pages (padded to their busiest page) waste little."""
     hits = torch.zeros(centres.shape[0], dtype=torch.int64)
-    for _, probed in best_centres(sample, centres, metric, min(probe, centres.shape[0])):
+    for _, probed in best_centres(sample, centres, metric, min(probe, centres.shape[0]), frame):
         hits += torch.bincount(probed.reshape(-1).cpu(), minlength=centres.shape[0])
     return centres[torch.argsort(hits, descending=True, stable=True).to(centres.device)].contiguous()

@@ -54,11 +54,14 @@ def calibrated_dims(
     bias: torch.Tensor | None = None,
     queries: int = 256,
     seed: int = 0,
+    query_rows: torch.Tensor | None = None,
 ) -> int:
     """The fewest leading columns m of `basis` f32[d, d] (a multiple of DIMS_MULTIPLE, or d)
     such that, with up to `queries` rows of x f32[n, d] as queries against the other rows, the
     `candidates` best by projected inner product <q P_m, x P_m> (+ bias f32[n], e.g. -|x|^2/2
     for L2, in both rankings) hold at least `target` of each query's exact top-k on average.
+    query_rows f32[n, d]: what row i looks like as a query (default x itself; e.g. uncentred
+    rows against centred ones for inner product).
     Recall only grows with m (nearly), so m is bisected.
     Returns d when no smaller m reaches the target or x is too small to tell."""
     n, d = x.shape
@@ -78,11 +81,12 @@ def calibrated_dims(
             out.append(torch.topk(scores, count, dim=1).indices)
         return torch.cat(out)
 
-    truth = best(x[pick], x, k)
-    xb = x @ basis
+    qrows = x if query_rows is None else query_rows
+    truth = best(qrows[pick], x, k)
+    xb, qb = x @ basis, qrows[pick] @ basis
 
     def reaches(m: int) -> bool:
-        found = best(xb[pick, :m], xb[:, :m], candidates)
+        found = best(qb[:, :m], xb[:, :m], candidates)
         hit = (found.unsqueeze(2) == truth.unsqueeze(1)).any(1).float().mean()
         return float(hit) >= target
 

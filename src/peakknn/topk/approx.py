@@ -10,7 +10,7 @@ recall against torch.topk is >= recall_target when the true top-k fall into bins
 (strided bins keep contiguous runs of large values apart). recall_target=1.0 is torch.topk.
 Values are gathered from x, so gradients flow to the selected entries as with torch.topk.
 A row holding NaN is answered by torch.topk itself (NaN ranks above +inf, as there) on the torch
-path; the Triton kernel never selects a NaN.
+path; the Triton kernel ranks NaN as +inf (first when largest, last when smallest).
 
 Fast path (per_bin == 1): one pass over x computes the best of each bin inside tiles of
 TILE_GROUPS * L consecutive elements (a strided max over a [tiles, TILE_GROUPS, L] view, no
