@@ -5,15 +5,8 @@ import json
 import math
 
 from peakknn import perfmodel
+from perfmodel_stated import STATED
 from peakknn.perfmodel import machine as ceilings_module
-
-STATED = perfmodel.Ceilings(
-    device="cpu:test",
-    matmul_flops={"fp32": 400e9, "bf16": 1600e9},
-    best_chunk={"fp32": 4096, "bf16": 8192},
-    compare_rate={"fp32": 12e9, "bf16": 8e9},
-    bandwidth=25e9,
-)
 
 
 def test_query_block_formula():

@@ -8,15 +8,8 @@ import torch
 
 import peakknn
 from peakknn import perfmodel
+from perfmodel_stated import STATED
 from peakknn.evaluation import timed
-
-STATED = perfmodel.Ceilings(
-    device="cpu:test",
-    matmul_flops={"fp32": 400e9, "bf16": 1600e9},
-    best_chunk={"fp32": 4096, "bf16": 8192},
-    compare_rate={"fp32": 12e9, "bf16": 8e9},
-    bandwidth=25e9,
-)
 
 
 def test_predict_terms_exactly():

@@ -1,0 +1,11 @@
+"""Stated ceilings that the perfmodel tests compute with exactly (not measured)."""
+
+from peakknn import perfmodel
+
+STATED = perfmodel.Ceilings(
+    device="cpu:test",
+    matmul_flops={"fp32": 400e9, "bf16": 1600e9},
+    best_chunk={"fp32": 4096, "bf16": 8192},
+    compare_rate={"fp32": 12e9, "bf16": 8e9},
+    bandwidth=25e9,
+)
