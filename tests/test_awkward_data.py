@@ -14,7 +14,7 @@ from peakknn.evaluation import exact_rank, recall_with_ties
 
 K = 10
 MARGIN = 0.03  # measured: the mean over PLACEMENTS bin placements of the recall over NQ queries
-PLACEMENTS = 6  # the target is an expectation over bin placement, and with a large common offset
+PLACEMENTS = 10  # the target is an expectation over bin placement, and with a large common offset
 # every query has nearly the same neighbours: one placement is one sample, so average several
 N, NQ = 4000, 300
 
