@@ -121,3 +121,30 @@ def test_frame_survives_save_and_load(tmp_path):
     a, b = index.search(q, K), loaded.search(q, K)
     assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
     np.testing.assert_array_equal(loaded.get([0, 5]).numpy(), x[[0, 5]].numpy())  # vectors as given
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_a_frame_too_fine_for_later_rows_is_taken_anew(metric):
+    """First rows that are (nearly) one point give a frame far too fine for what follows; rows
+    outside it make the index take its frame anew at once, growth or not."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(300, 64, generator=g)
+    q = torch.randn(20, 64, generator=g)
+    for first in (x[:1] * 1e-12, x[:100] * 1e-20):
+        index = peakknn.Index(64, metric=metric, precision="fp32")
+        index.reserve(1000)  # no growth below: only the range check can move the frame
+        index.add(first)
+        index.add(x[len(first):])
+        rows = torch.cat([first, x[len(first):]])
+        check([index.search(q, 3, recall_target=1.0)], q, rows, metric, 1.0)
+        live = torch.from_numpy(index._slots.live_slots())
+        assert torch.isfinite(index._scan_rows[live].float()).all()  # live rows: coordinates and bias
+
+
+def test_one_row_has_no_spread_and_a_unit_scale():
+    from peakknn.engine.table import ScanFrame
+
+    frame = ScanFrame.of(torch.full((1, 8), 3.0))
+    assert frame.scale == 1.0 and torch.equal(frame.centre, torch.full((8,), 3.0))
+    frame = ScanFrame.of(torch.full((5, 8), 3.0))  # identical rows: no spread, not rounding noise
+    assert frame.scale == 1.0

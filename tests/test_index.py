@@ -250,3 +250,10 @@ def test_float64_beyond_the_float32_range_is_refused():
     with pytest.raises(ValueError, match="float32 range"):
         peakknn_search = __import__("peakknn").search
         peakknn_search(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[-1e40, 0.0, 0.0]], dtype=torch.float64), 1)
+
+
+def test_a_filter_of_only_unknown_ids_gives_fillers():
+    index, _, _ = make(500, 8)
+    for allowed in ([10**6], [2**63 - 1], []):  # none stored (the last: beyond what an id can be)
+        res = index.search(torch.randn(3, 8), 4, allowed_ids=allowed)
+        assert (res.ids == -1).all() and (res.scores == float("-inf")).all()

@@ -90,8 +90,9 @@ def check_per_bin(per_bin) -> int:
     return check_int("per_bin", per_bin)
 
 
-def as_ids(name: str, value, count: int | None = None) -> np.ndarray:
-    """Return ids as a 1-d int64 numpy array (copy); rejects non-integers and duplicates."""
+def as_ids(name: str, value, count: int | None = None, *, storable: bool = True) -> np.ndarray:
+    """Return ids as a 1-d int64 numpy array (copy); rejects non-integers and duplicates, and
+    (storable) ids above MAX_ID."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     arr = np.asarray(value)
@@ -106,7 +107,7 @@ def as_ids(name: str, value, count: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {count} vectors")
     if arr.size and (arr < 0).any():
         raise ValueError(f"{name} must be non-negative, got {int(arr[arr < 0][0])}")
-    if arr.size and arr.max() > MAX_ID:
+    if storable and arr.size and arr.max() > MAX_ID:
         raise ValueError(f"{name} must be <= 2**63 - 2 (the next automatic id must fit in int64), got {int(arr.max())}")
     if np.unique(arr).size != arr.size:
         values, counts = np.unique(arr, return_counts=True)
@@ -115,10 +116,11 @@ def as_ids(name: str, value, count: int | None = None) -> np.ndarray:
 
 
 def as_id_set(name: str, value) -> np.ndarray:
-    """Return a set of ids (a filter) as a sorted, unique 1-d int64 numpy array; repeats are allowed."""
+    """Return a set of ids (a filter) as a sorted, unique 1-d int64 numpy array; repeats are
+    allowed, and ids that no index can hold (above MAX_ID) are simply never matched."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    return as_ids(name, np.unique(np.asarray(value)))
+    return as_ids(name, np.unique(np.asarray(value)), storable=False)
 
 
 def check_array(arrays: dict, name: str, dtype: torch.dtype, shape: tuple | None, where) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, preci
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
 from .engine.rescore import finish
-from .engine.table import ScanFrame, power_of_two_scale, prepare_rows, rank_bias, scan_dtype_for, scan_row_width
+from .engine.table import ScanFrame, prepare_rows, rank_bias, scan_dtype_for, scan_row_width
 
 RECENTRE_SHIFT = 0.25  # re-centre when the mean moved by this share of the rows' rms spread
 
@@ -74,9 +74,7 @@ class Index:
         self._scan_rows = torch.empty(0, scan_row_width(self.dim), dtype=self.scan_dtype, device=self.device)
         self._bias = torch.empty(0, dtype=torch.float32, device=self.device)
         self._frame: ScanFrame | None = None  # how the scan rows are shifted and scaled: see _recentre
-        self._sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)  # of the live vectors
-        self._sum_squares = 0.0  # sum of |x|^2 over the live vectors (float64)
-        self._centred_at = 0  # capacity when the centre was last checked
+        self._centred_at = 0  # capacity when the frame was last checked
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -151,7 +149,6 @@ class Index:
         """Delete ids. Unknown ids raise ValueError and nothing is removed."""
         gone, _ = self._slots.stored(ids, " (nothing was removed)")
         t = torch.from_numpy(self._slots.release(gone)).to(self.device)
-        self._account(self._vectors[t], -1.0)
         self._vectors[t] = 0.0
         self._scan_rows[t] = 0.0
         self._scan_rows[t, self.dim] = float("-inf")
@@ -243,13 +240,14 @@ class Index:
 
     def _write(self, slots: np.ndarray, ids: np.ndarray, x: torch.Tensor) -> None:
         t = torch.from_numpy(slots).to(self.device)
-        if self._frame is None:  # the first rows set the frame (a free slot's vector is 0)
+        if self._frame is None:  # the first rows set the frame
             self._frame = ScanFrame.of(x)
-        self._account(self._vectors[t], -1.0)
-        self._account(x, 1.0)
         self._vectors[t] = x
-        self._write_scan_rows(t, x)
         self._slots.assign(slots, ids)
+        if self._frame.holds(x):
+            self._write_scan_rows(t, x)
+        else:  # rows far outside the frame (tiny first rows, then normal ones): take it anew
+            self._recentre(force=True)
 
     def _write_scan_rows(self, t: torch.Tensor, x: torch.Tensor) -> None:
         """Scan rows [frame.rows(x), bias] and biases of slots t for their vectors x."""
@@ -261,31 +259,24 @@ class Index:
         self._scan_rows[t] = row
         self._bias[t] = bias
 
-    def _account(self, x: torch.Tensor, sign: float) -> None:
-        """Add (sign 1) or take away (sign -1) rows x from the running sums of the live vectors."""
-        x64 = x.double()
-        self._sum += sign * x64.sum(0)
-        self._sum_squares += sign * float((x64 * x64).sum())
-
-    def _recentre(self) -> None:
-        """Once per capacity growth: when the live rows' mean has moved from the frame's centre by
-        more than RECENTRE_SHIFT of their rms spread, or their spread from the frame's scale by
-        more than a factor 2, take the live rows' frame and rewrite the scan rows (O(n d), like
-        the growth itself). A centre off by s of the spread costs bf16 and the L2 trick at most a
-        factor sqrt(1 + s^2) of the digits a perfect centre keeps."""
+    def _recentre(self, force: bool = False) -> None:
+        """Once per capacity growth (or when forced): measure the live rows' frame (two passes,
+        O(n d) like the growth itself); when its centre has moved from the current one by more
+        than RECENTRE_SHIFT of the rows' rms spread, or its scale by more than a factor 2, adopt
+        it and rewrite the scan rows. A centre off by f of the spread costs bf16 and the L2 trick
+        at most a factor sqrt(1 + f^2) of the digits a perfect centre keeps."""
         n = len(self)
-        if self._slots.capacity == self._centred_at or n == 0:
+        if n == 0 or (self._slots.capacity == self._centred_at and not force):
             return
         self._centred_at = self._slots.capacity
-        mean = self._sum / n
-        spread = max(self._sum_squares / n - float(mean @ mean), 0.0)
-        shift = float(((mean - self._frame.centre.double()) ** 2).sum())
-        scale = power_of_two_scale(spread)
-        if shift <= RECENTRE_SHIFT**2 * spread and 0.5 <= scale / self._frame.scale <= 2.0:
-            return
-        self._frame = ScanFrame(mean.to(torch.float32), scale)
         live = torch.from_numpy(self._slots.live_slots()).to(self.device)
-        self._write_scan_rows(live, self._vectors[live])
+        rows = self._vectors[live]
+        frame = ScanFrame.of(rows)
+        shift = float(((frame.centre - self._frame.centre).double() ** 2).sum()) * frame.scale**2  # in spreads^2
+        if not force and shift <= RECENTRE_SHIFT**2 and 0.5 <= frame.scale / self._frame.scale <= 2.0:
+            return
+        self._frame = frame
+        self._write_scan_rows(live, rows)
 
 
 class _IndexTable:
@@ -330,6 +321,8 @@ class _IndexTable:
         return alive if self.mask is None else alive & self.mask[rows]
 
     def ids_of(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.subset is not None and self.subset.numel() == 0:  # no allowed id is stored
+            return torch.full_like(rows, -1)
         return self._slot_ids[self._slots(rows)]
 
 

@@ -115,24 +115,27 @@ _THREAD_LOCKS_GUARD = threading.Lock()
 def _locked(path: Path, exclusive: bool):
     """Hold the directory's LOCK file: exclusive for a writer, shared for a reader (fcntl.flock,
     which also separates threads: each opens the file anew). Where flock is missing, writers in
-    this process take a per-directory thread lock; a reader of a read-only directory, where the
-    lock file cannot be made, reads without one (nobody can write there)."""
+    this process take turns on a per-directory thread lock; a reader of a read-only directory,
+    where the lock file cannot be made, reads without one (nobody can write there)."""
     try:
         import fcntl
     except ImportError:  # not POSIX
         fcntl = None
-    if fcntl is None:
+    if fcntl is None:  # readers and writers of this process take turns
         key = str(path.resolve())
         with _THREAD_LOCKS_GUARD:
             lock = _THREAD_LOCKS.setdefault(key, threading.Lock())
-        if exclusive:
-            with lock:
-                yield
-        else:
+        with lock:
             yield
         return
-    try:
-        handle = open(path / LOCK, "a+b")
+    try:  # a shared lock needs only a readable lock file; an exclusive one may have to make it
+        handle = open(path / LOCK, "a+b" if exclusive else "rb")
+    except FileNotFoundError:
+        try:
+            handle = open(path / LOCK, "a+b")
+        except OSError:  # a read-only directory: nobody can write there
+            yield
+            return
     except OSError:
         if exclusive:
             raise

@@ -27,6 +27,8 @@ import torch
 from .._checks import as_matrix, round_up
 
 SCAN_ALIGN = 16  # scan rows are padded to a multiple of this width (faster matrix kernels)
+FRAME_BLOCK_BYTES = 16 << 20  # float64 temporaries per block when a frame is measured
+FRAME_RANGE = 2.0**24  # frame coordinates beyond this (2^24 rms spreads out) mean the frame is stale
 
 
 class Table(Protocol):
@@ -69,13 +71,26 @@ class ScanFrame:
 
     @classmethod
     def of(cls, x32: torch.Tensor) -> "ScanFrame":
-        """The frame of rows f32[n, d]: their mean (accumulated in float64) and the power of two
-        nearest 1 / their rms distance from it (1 for no rows or no spread)."""
-        if x32.shape[0] == 0:
-            return cls(torch.zeros(x32.shape[1], dtype=torch.float32, device=x32.device))
-        x64 = x32.double()
-        mean = x64.mean(0)
-        return cls(mean.to(torch.float32), power_of_two_scale(float(((x64 - mean) ** 2).sum(1).mean())))
+        """The frame of rows f32[n, d]: their mean and the power of two nearest 1 / their rms
+        distance from it (1 for no rows or no spread), in two float64 passes over blocks of rows
+        (FRAME_BLOCK_BYTES of temporaries)."""
+        n, d = x32.shape
+        if n == 0:
+            return cls(torch.zeros(d, dtype=torch.float32, device=x32.device))
+        block = max(1, FRAME_BLOCK_BYTES // (8 * d))
+        total = torch.zeros(d, dtype=torch.float64, device=x32.device)
+        for i in range(0, n, block):
+            total += x32[i : i + block].sum(0, dtype=torch.float64)
+        mean = total / n
+        squares = 0.0
+        for i in range(0, n, block):
+            squares += float(((x32[i : i + block].double() - mean) ** 2).sum())
+        return cls(mean.to(torch.float32), power_of_two_scale(squares / n))
+
+    def holds(self, x32: torch.Tensor) -> bool:
+        """True when rows x land within FRAME_RANGE of the centre in frame units (a frame taken
+        from other rows can be far too fine for them: then it must be taken anew)."""
+        return not x32.numel() or float((x32 - self.centre).abs().max()) * self.scale <= FRAME_RANGE
 
     @property
     def offset_matters(self) -> bool:

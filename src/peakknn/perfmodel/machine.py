@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -160,6 +161,7 @@ def cache_path(device="cpu") -> Path:
 
 
 _MEMO: dict[tuple, Ceilings] = {}
+_MEASURING = threading.Lock()  # one measurement at a time: concurrent ones would skew each other
 
 
 def ceilings(device="cpu", *, refresh: bool = False) -> Ceilings:
@@ -171,13 +173,16 @@ def ceilings(device="cpu", *, refresh: bool = False) -> Ceilings:
     memo_key = (str(torch.device(device)), torch.get_num_threads(), str(cache_dir()))
     if not refresh and memo_key in _MEMO:
         return _MEMO[memo_key]
-    path = cache_path(device)
-    found = None if refresh else _read(path)
-    if found is None:
-        LOG.info("measuring the ceilings of %s (cached in %s)", device, path)
-        found = measure(device)
-        _write(path, found)
-    _MEMO[memo_key] = found
+    with _MEASURING:  # the first searches of many threads: one measures, the others wait for it
+        if not refresh and memo_key in _MEMO:
+            return _MEMO[memo_key]
+        path = cache_path(device)
+        found = None if refresh else _read(path)
+        if found is None:
+            LOG.info("measuring the ceilings of %s (cached in %s)", device, path)
+            found = measure(device)
+            _write(path, found)
+        _MEMO[memo_key] = found
     return found
 
 
@@ -198,7 +203,7 @@ def _read(path: Path) -> Ceilings | None:
 def _write(path: Path, c: Ceilings) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         tmp.write_text(json.dumps({"format": FORMAT, **dataclasses.asdict(c)}, indent=1))
         os.replace(tmp, path)
     except OSError as exc:  # a read-only home still gets the in-memory ceilings
