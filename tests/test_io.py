@@ -212,3 +212,36 @@ def test_concurrent_saves_to_one_directory_always_leave_a_loadable_index(tmp_pat
     assert not errors, errors[0]
     assert len(Index.load(tmp_path / "one")) in (500, 600, 700)
     assert len(list((tmp_path / "one").glob("arrays-*"))) == 1
+
+
+def test_loading_writes_nothing_into_the_index_directory(tmp_path):
+    """A load only reads: a directory saved by peakknn 0.1.0 (no lock file) stays as it was."""
+    import shutil
+    from pathlib import Path
+
+    old = Path(__file__).resolve().parent / "fixtures" / "v0.1.0-flat-ip-bf16"
+    shutil.copytree(old, tmp_path / "copy")
+    before = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    Index.load(tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == before
+
+
+def test_a_load_racing_a_save_reads_the_new_manifest(saved, monkeypatch):
+    """Without a lock file (a directory no save of this version wrote) a load reads unlocked: if
+    a save replaces the manifest and deletes the arrays between the load's two reads, the load
+    reads the new manifest instead of failing."""
+    from pathlib import Path
+
+    index, path = saved
+    (path / io.LOCK).unlink()
+    real_read_bytes, raced = Path.read_bytes, []
+
+    def read_bytes(self):
+        if self.name.startswith("arrays-") and not raced:
+            raced.append(self.name)
+            index.save(path)  # a concurrent save: new arrays and manifest, the old arrays deleted
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    loaded = Index.load(path)
+    assert raced and not (path / raced[0]).exists() and len(loaded) == len(index)

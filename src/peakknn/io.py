@@ -38,6 +38,11 @@ import torch
 MANIFEST = "manifest.json"
 CHECKSUM = "manifest_sha256"  # SHA-256 of the manifest's other fields (canonical JSON)
 LOCK = ".peakknn-lock"  # flock'ed: shared while a bundle is read, exclusive while one is written
+READ_ATTEMPTS = 3  # a load re-reads the manifest this often when concurrent saves replace it
+
+
+class _ArraysReplaced(Exception):
+    """The manifest named an arrays file that is gone: a save replaced both in between."""
 
 
 def write_bundle(path: Path, manifest: dict, arrays: dict[str, torch.Tensor]) -> None:
@@ -68,12 +73,21 @@ def read_bundle(path, fmt: str, version: int, *, unchecked: tuple[int, ...] = ()
     the format, the version, the manifest's own checksum, the arrays file's name and SHA-256.
     Versions in `unchecked` (written before manifests carried a checksum) load without the
     manifest check. Raises ValueError."""
-    from safetensors.torch import load
-
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ValueError(f"{path} is not a saved peakknn index (no {MANIFEST})")
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return _read_bundle_once(path, manifest_path, fmt, version, unchecked)
+        except _ArraysReplaced:
+            if attempt == READ_ATTEMPTS - 1:
+                raise ValueError(f"{manifest_path} names an arrays file that a concurrent save keeps replacing") from None
+
+
+def _read_bundle_once(path: Path, manifest_path: Path, fmt: str, version: int, unchecked: tuple[int, ...]):
+    from safetensors.torch import load
+
     with _locked(path, exclusive=False):
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -89,9 +103,14 @@ def read_bundle(path, fmt: str, version: int, *, unchecked: tuple[int, ...] = ()
         if not isinstance(name, str) or not isinstance(digest, str):
             raise ValueError(f"{manifest_path}: fields 'arrays' and 'sha256' must be strings")
         arrays_path = path / name
-        if Path(name).name != name or not arrays_path.is_file():
+        if Path(name).name != name:
             raise ValueError(f"{manifest_path} names arrays file {name!r}, which is missing")
-        blob = arrays_path.read_bytes()
+        try:
+            blob = arrays_path.read_bytes()
+        except FileNotFoundError:
+            if json.loads(manifest_path.read_text()).get("arrays") != name:  # a save moved on
+                raise _ArraysReplaced() from None
+            raise ValueError(f"{manifest_path} names arrays file {name!r}, which is missing") from None
     if hashlib.sha256(blob).hexdigest() != digest:
         raise ValueError(f"{arrays_path} is corrupt or truncated (SHA-256 mismatch)")
     try:
@@ -115,8 +134,9 @@ _THREAD_LOCKS_GUARD = threading.Lock()
 def _locked(path: Path, exclusive: bool):
     """Hold the directory's LOCK file: exclusive for a writer, shared for a reader (fcntl.flock,
     which also separates threads: each opens the file anew). Where flock is missing, writers in
-    this process take turns on a per-directory thread lock; a reader of a read-only directory,
-    where the lock file cannot be made, reads without one (nobody can write there)."""
+    this process take turns on a per-directory thread lock. Readers never create the file: where
+    it is missing (a directory no save of this version wrote), they read without a lock and
+    `read_bundle` reads the manifest again if a concurrent save replaced the arrays."""
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -128,18 +148,12 @@ def _locked(path: Path, exclusive: bool):
         with lock:
             yield
         return
-    try:  # a shared lock needs only a readable lock file; an exclusive one may have to make it
+    try:  # a shared lock needs only a readable lock file; a writer makes it
         handle = open(path / LOCK, "a+b" if exclusive else "rb")
-    except FileNotFoundError:
-        try:
-            handle = open(path / LOCK, "a+b")
-        except OSError:  # a read-only directory: nobody can write there
-            yield
-            return
     except OSError:
         if exclusive:
             raise
-        yield
+        yield  # never saved by this version, or unreadable: read_bundle re-reads if a save moves on
         return
     with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
