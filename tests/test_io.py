@@ -245,3 +245,17 @@ def test_a_load_racing_a_save_reads_the_new_manifest(saved, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     loaded = Index.load(path)
     assert raced and not (path / raced[0]).exists() and len(loaded) == len(index)
+
+
+@pytest.mark.parametrize("bad", [{"scale": torch.tensor([3.0], dtype=torch.float64)}, {"scale": torch.tensor([0.0], dtype=torch.float64)}, {"centre": torch.full((12,), float("nan"))}])
+def test_a_corrupt_scan_frame_is_refused(tmp_path, bad):
+    from safetensors.torch import load_file
+
+    index = Index(12)
+    index.add(torch.randn(100, 12) + 5)
+    index.save(tmp_path / "i")
+    m = json.loads((tmp_path / "i" / io.MANIFEST).read_text())
+    arrays = dict(load_file(tmp_path / "i" / m["arrays"]), **bad)
+    io.write_bundle(tmp_path / "bad", {k: v for k, v in m.items() if k not in ("arrays", "sha256", io.CHECKSUM)}, arrays)
+    with pytest.raises(ValueError, match="scale must be a positive power of two|centre contains NaN"):
+        Index.load(tmp_path / "bad")

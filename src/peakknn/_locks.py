@@ -52,23 +52,19 @@ class RWLock:
                 self._cond.notify_all()
 
 
-def reads(method):
-    """Run an index method under its lock's read side (`self._lock`)."""
+def _holding(side: str):
+    """A decorator running an index method under one side ("read" / "write") of `self._lock`."""
 
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self._lock.read():
-            return method(self, *args, **kwargs)
+    def decorate(method):
+        @functools.wraps(method)
+        def locked(self, *args, **kwargs):
+            with getattr(self._lock, side)():
+                return method(self, *args, **kwargs)
 
-    return locked
+        return locked
+
+    return decorate
 
 
-def writes(method):
-    """Run an index method under its lock's write side (`self._lock`)."""
-
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self._lock.write():
-            return method(self, *args, **kwargs)
-
-    return locked
+reads = _holding("read")  # searches, gets, saves: any number at once
+writes = _holding("write")  # updates and training: one at a time, alone

@@ -10,7 +10,6 @@ f64[1] (version 1 files scanned rows as they are: centre 0, scale 1).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +40,7 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
         "slots": slots,
         "ids": index._slots.slot_ids[dev_slots].cpu().contiguous(),
         "free": torch.from_numpy(index._slots.free.copy()),
-        "centre": (index._frame.centre if index._frame is not None else torch.zeros(index.dim)).cpu(),
-        "scale": torch.tensor([index._frame.scale if index._frame is not None else 1.0], dtype=torch.float64),
+        **(index._frame or ScanFrame.identity(index.dim)).arrays(),
     }
     manifest = {
         "format": FORMAT,
@@ -65,10 +63,11 @@ def load(cls, path, device):
     """A `cls` (Index) read from `path`; corrupt or mismatched files raise ValueError."""
     manifest, arrays, arrays_path = read_bundle(path, FORMAT, VERSION, unchecked=UNCHECKED_VERSIONS)
     m = _manifest_fields(manifest, Path(path) / MANIFEST)
-    vectors, slots, ids, free, centre, scale = _saved_arrays(arrays, m, arrays_path, manifest["version"])
+    vectors, slots, ids, free = _saved_arrays(arrays, m, arrays_path, manifest["version"])
     index = cls(m["dim"], metric=m["metric"], precision=m["dtype"], device=device, recall_target=m["recall_target"], seed=m["seed"])
     index._centred_at = m["capacity"]  # the saved centre stands until the index grows
-    index._frame = ScanFrame(centre.to(device), scale)
+    # version 1 (peakknn 0.1.0) scanned rows as they are
+    index._frame = ScanFrame.from_arrays(arrays, "", m["dim"], arrays_path, device) if manifest["version"] >= 2 else ScanFrame.identity(m["dim"], device)
     index._extend_arrays(m["capacity"])
     index._slots.restore(m["capacity"], m["blocks"], free)
     index._write(slots, ids, vectors.to(device))
@@ -105,21 +104,15 @@ def _saved_arrays(arrays: dict, m: dict, where: Path, version: int):
         "ids": (torch.int64, (m["count"],)),
         "free": (torch.int64, None),
     }
-    if version >= 2:
-        expected["centre"] = (torch.float32, (m["dim"],))
-        expected["scale"] = (torch.float64, (1,))
-    if set(arrays) != set(expected):
-        raise ValueError(f"{where}: arrays {sorted(arrays)} do not match {sorted(expected)}")
+    names = set(expected) | ({"centre", "scale"} if version >= 2 else set())  # the frame: ScanFrame.from_arrays
+    if set(arrays) != names:
+        raise ValueError(f"{where}: arrays {sorted(arrays)} do not match {sorted(names)}")
     for name, (dtype, shape) in expected.items():
         check_array(arrays, name, dtype, shape, where)
     vectors = arrays["vectors"]
     slots, ids, free = (arrays[k].numpy().astype(np.int64) for k in ("slots", "ids", "free"))
-    centre = arrays["centre"] if version >= 2 else torch.zeros(m["dim"])
-    scale = float(arrays["scale"][0]) if version >= 2 else 1.0
-    if (vectors.numel() and not bool(torch.isfinite(vectors).all())) or not bool(torch.isfinite(centre).all()):
-        raise ValueError(f"{where}: vectors or centre contain NaN or inf")
-    if not (scale > 0 and math.isfinite(scale) and math.frexp(scale)[0] == 0.5):
-        raise ValueError(f"{where}: scale must be a positive power of two, got {scale}")
+    if vectors.numel() and not bool(torch.isfinite(vectors).all()):
+        raise ValueError(f"{where}: vectors contain NaN or inf")
     if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
         raise ValueError(f"{where}: ids must be unique and non-negative")
     used = np.concatenate([slots, free])
@@ -131,4 +124,4 @@ def _saved_arrays(arrays: dict, m: dict, where: Path, version: int):
         raise ValueError(f"{where}: a slot lies beyond the scanned range {m['high']}")
     if ids.size and ids.max() >= m["next_id"]:
         raise ValueError(f"{where}: next_id {m['next_id']} must exceed every id")
-    return vectors, slots, ids, free, centre, scale
+    return vectors, slots, ids, free

@@ -159,3 +159,18 @@ def test_hand_edited_partitioned_manifest_is_refused(tmp_path):
     (tmp_path / "p" / io.MANIFEST).write_text(json.dumps(dict(m, metric="l2")))
     with pytest.raises(ValueError, match="changed after it was written"):
         PartitionedIndex.load(tmp_path / "p")
+
+
+def test_a_corrupt_scan_frame_is_refused(tmp_path):
+    index = PartitionedIndex(8, metric="l2", settings=PartitionSettings(partitions=4, train_size=None))
+    index.add(torch.randn(300, 8) + 100)
+    index.train()
+    index.save(tmp_path / "p")
+    manifest, arrays, _ = io.read_bundle(tmp_path / "p", persist.FORMAT, persist.VERSION)
+    fields = {k: v for k, v in manifest.items() if k not in ("arrays", "sha256", io.CHECKSUM)}
+    for bad, match in (({"frame_scale": torch.tensor([0.3], dtype=torch.float64)}, "power of two"), ({"frame_centre": torch.full((8,), float("inf"))}, "NaN or inf")):
+        io.write_bundle(tmp_path / "bad", fields, dict(arrays, **bad))
+        with pytest.raises(ValueError, match=match):
+            PartitionedIndex.load(tmp_path / "bad")
+    loaded = PartitionedIndex.load(tmp_path / "p")  # the good file keeps its frame
+    assert torch.equal(loaded._trained.frame.centre, index._trained.frame.centre) and loaded._trained.frame.scale == index._trained.frame.scale

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from .._checks import as_matrix, round_up
+from .._checks import as_matrix, check_array, round_up
 
 SCAN_ALIGN = 16  # scan rows are padded to a multiple of this width (faster matrix kernels)
 FRAME_BLOCK_BYTES = 16 << 20  # float64 temporaries per block when a frame is measured
@@ -86,6 +86,27 @@ class ScanFrame:
         for i in range(0, n, block):
             squares += float(((x32[i : i + block].double() - mean) ** 2).sum())
         return cls(mean.to(torch.float32), power_of_two_scale(squares / n))
+
+    @classmethod
+    def identity(cls, dim: int, device: torch.device | str = "cpu") -> "ScanFrame":
+        """Rows as they are (what files written before the frame existed scanned)."""
+        return cls(torch.zeros(dim, dtype=torch.float32, device=device))
+
+    def arrays(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The frame as saved arrays: {prefix}centre f32[d], {prefix}scale f64[1]."""
+        return {f"{prefix}centre": self.centre.cpu(), f"{prefix}scale": torch.tensor([self.scale], dtype=torch.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, prefix: str, dim: int, where, device) -> "ScanFrame":
+        """The frame saved by `arrays(prefix)`, on `device`; ValueError naming `where` for a
+        missing or misshaped array, a non-finite centre or a scale that is not a power of two."""
+        centre = check_array(arrays, f"{prefix}centre", torch.float32, (dim,), where)
+        scale = float(check_array(arrays, f"{prefix}scale", torch.float64, (1,), where)[0])
+        if not bool(torch.isfinite(centre).all()):
+            raise ValueError(f"{where}: array {prefix}centre contains NaN or inf")
+        if not (scale > 0 and math.isfinite(scale) and math.frexp(scale)[0] == 0.5):
+            raise ValueError(f"{where}: {prefix}scale must be a positive power of two, got {scale}")
+        return cls(centre.to(device), scale)
 
     def holds(self, x32: torch.Tensor) -> bool:
         """True when rows x land within FRAME_RANGE of the centre in frame units (a frame taken

@@ -15,7 +15,6 @@ searches with fixed probes), and the scan frame frame_centre f32[dim], frame_sca
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
@@ -55,8 +54,7 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
             arrays["projection"] = index._projection
         if index._probe_gaps is not None:  # None: loaded from a file written before adaptive probing
             arrays["probe_gaps"] = index._probe_gaps
-        arrays["frame_centre"] = index._trained.frame.centre
-        arrays["frame_scale"] = torch.tensor([index._trained.frame.scale], dtype=torch.float64)
+        arrays.update(index._trained.frame.arrays("frame_"))
     arrays["ids"] = index._slots.slot_ids[slots]
     if index.settings.keep_vectors or not index.is_trained:  # an empty index saves f32[0, dim]
         arrays["vectors"] = index._vectors[slots.to(index.device)] if index._vectors.shape[0] else index._vectors[:0]
@@ -145,14 +143,10 @@ def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None,
     tensors += [projection] if projection is not None else []
     if not all(bool(torch.isfinite(t).all()) for t in tensors):
         raise ValueError(f"{where}: centres, biases, codec or projection contain NaN or inf")
-    frame = ScanFrame(torch.zeros(dim), 1.0)  # version 2: rows were coded as they are
     if manifest_version >= 3:
-        frame_centre = check_array(arrays, "frame_centre", torch.float32, (dim,), where)
-        frame_scale = float(check_array(arrays, "frame_scale", torch.float64, (1,), where)[0])
-        if not bool(torch.isfinite(frame_centre).all()) or not (frame_scale > 0 and math.isfinite(frame_scale) and math.frexp(frame_scale)[0] == 0.5):
-            raise ValueError(f"{where}: frame_centre must be finite and frame_scale a positive power of two")
-        frame = ScanFrame(frame_centre, frame_scale)
-    frame = ScanFrame(frame.centre.to(index.device), frame.scale)
+        frame = ScanFrame.from_arrays(arrays, "frame_", dim, where, index.device)
+    else:  # version 2 (peakknn 0.1.0): rows were coded as they are
+        frame = ScanFrame.identity(dim, index.device)
     index._set_trained(Trained(centres=centres.to(index.device), codec=codec, projection=projection, probe_gaps=gaps, frame=frame))
     slots = index._take_slots(count)
     index._slots.assign(slots, ids)
