@@ -16,7 +16,8 @@ import time
 import torch
 
 import peakknn
-from peakknn import bench, evaluation
+from peakknn import evaluation
+from peakknn.partitioned.settings import partitions_for
 from suite import synthetic
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,7 +60,7 @@ def main() -> None:
     del flat
     for spill in (None, False):
         t0 = time.perf_counter()
-        settings = peakknn.PartitionSettings(partitions=bench.default_partitions(n), codes="bf16", train_size=None, spill=spill)
+        settings = peakknn.PartitionSettings(partitions=partitions_for(n), codes="bf16", train_size=None, spill=spill)
         index = peakknn.PartitionedIndex(d, metric="cos", settings=settings, device=DEVICE)
         index.add(x)
         index.train()

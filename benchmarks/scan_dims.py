@@ -20,7 +20,7 @@ import torch
 from suite import prepared, synthetic, with_truth  # benchmarks/suite.py, beside this script
 
 import peakknn
-from peakknn.bench import default_partitions
+from peakknn.partitioned.settings import partitions_for
 from peakknn.data import load_hdf5
 from peakknn.evaluation import recall_at_k
 
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     settings = [parse_setting(s) for s in args.scan_dims.split(",")]
     indexes = []
     for scan_dims in settings:
-        part = peakknn.PartitionSettings(partitions=default_partitions(train.shape[0]), train_size=None, scan_dims=scan_dims)
+        part = peakknn.PartitionSettings(partitions=partitions_for(train.shape[0]), train_size=None, scan_dims=scan_dims)
         index = peakknn.PartitionedIndex(train.shape[1], metric=metric, settings=part)
         index.add(torch.from_numpy(train))
         t0 = time.perf_counter()

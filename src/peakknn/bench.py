@@ -1,23 +1,35 @@
 """`peakknn bench`: recall, queries/s, build time and memory of peakknn next to its peers.
 
-Every method answers the same queries in the same process; recall is computed by
-`evaluation.recall_at_k` (ties allowed) against the file's ground truth, or against an exact fp32
-torch search for synthetic data. Times are medians over `repeat` runs of the whole query batch.
+Every method answers the same queries in the same process, with the same thread count; recall
+is `evaluation.recall_at_k` (ties allowed) against the file's ground truth, or against an exact
+fp32 torch search where there is none (synthetic data, or fewer than k neighbours per query).
 
-`--partitioned 4,8,16,32` adds a PartitionedIndex (peakknn.quant) searched with each number of
-partitions, one row per setting: the recall / queries-per-second curve next to the peers.
+Without --partitioned: the flat Index at one recall_target next to torch exact and FAISS flat,
+one row each (times: median of `repeat` runs of the whole query batch), with roofline columns
+(peakknn.perfmodel): the predicted floor of the search's shape on this machine's measured
+ceilings (bf16 for peakknn rows, fp32 for exact methods), the achieved % of it and the term
+that sets it (matrix, memory or vector).
 
-Roofline columns (peakknn.perfmodel): the predicted floor of the search's shape on this
-machine's measured ceilings (bf16 floor for peakknn bf16 rows, fp32 for exact methods), the
-achieved % of that floor, and the term that sets it (matrix, memory or vector).
+With --partitioned: the recall / queries-per-second curve of a PartitionedIndex (probes given,
+or `peers.default_probes`) next to every installed peer of BENCH_PEERS, each swept over its own
+knob (`sweep`); the table gives each method's best q/s at recall >= 0.90 / 0.95 / 0.99.
+
+Memory MiB: the index's own accounting (`peers` module docstring), else the growth of the
+process's resident set over the build (marked "rss"). Both modes write the table (.md) and the
+JSON under --out, the curve also a plot (.png).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
+import os
+import platform
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,8 +39,11 @@ from ._checks import ceil_div
 from .data import Dataset, load_hdf5, synthetic
 from .evaluation import exact_search, recall_at_k, timed
 from .index import Index
+from .peers import Method, PeakPartitioned, available, rss_bytes
 
 LOG = logging.getLogger(__name__)
+THRESHOLDS = (0.90, 0.95, 0.99)
+BENCH_PEERS = ("scann-tree", "faiss-ivfpq", "hnswlib", "usearch", "faiss-flat")  # names in peers.METHODS
 
 
 @dataclasses.dataclass
@@ -63,12 +78,8 @@ def run_bench(
     precision: str = "bf16",
     repeat: int = 3,
     peers: bool = True,
-    probes: list[int] | None = None,
-    codes: str = "bf16",
-    partitions: int | None = None,
 ) -> list[Row]:
-    """Rows for the flat Index, then (probes given) a PartitionedIndex at each number of
-    partitions searched, then the peers (torch exact, FAISS flat)."""
+    """Rows for the flat Index, then (peers) torch exact and FAISS flat, with roofline columns."""
     train_t, test_t = torch.from_numpy(ds.train), torch.from_numpy(ds.test)
     n, d = ds.train.shape
     nq = ds.test.shape[0]
@@ -93,67 +104,21 @@ def run_bench(
     res, secs = timed(lambda: index.search(test_t, k, recall_target=recall_target), repeat)
     rows.append(Row(f"peakknn {precision} r={recall_target}", recall(res.ids.numpy()), nq / secs, secs, build, index.memory_bytes / 2**20))
 
-    if probes:
-        rows.extend(partitioned_rows(ds, k, probes, codes, partitions, repeat, recall))
     if peers:
         rows.append(Row("torch exact (mm+topk)", recall(exact_ids), nq / exact_s, exact_s, 0.0, n * d * 4 / 2**20))
-        rows.extend(_faiss_rows(ds, k, repeat, recall))
+        train, test, metric = prepared(ds)
+        for m in available(["faiss-flat"], torch.get_num_threads(), say=LOG.warning):
+            t0 = time.perf_counter()
+            m.build(train, metric)
+            build = time.perf_counter() - t0
+            ids, secs = timed(lambda: m.search(test, k, None), repeat)
+            rows.append(Row(m.name, recall(ids), nq / secs, secs, build, m.memory_mb))
     ceilings = perfmodel.ceilings("cpu")
     for row in rows:
-        if "partitioned" in row.method:
-            continue  # the roofline model covers brute force only
         exact = not row.method.startswith("peakknn")
         p = perfmodel.predict(nq, n, d, k, 1.0 if exact else recall_target, "fp32" if exact else precision, ceilings)
         row.floor_s, row.bottleneck = p.floor_s, p.bottleneck
     return rows
-
-
-def default_partitions(n: int) -> int:
-    """About 2 sqrt(n) partitions (ScaNN's rule of thumb), a power of two >= 16."""
-    return max(16, 1 << round(np.log2(max(1.0, 2 * n**0.5))))
-
-
-def partitioned_rows(ds: Dataset, k: int, probes: list[int], codes: str, partitions: int | None, repeat: int, recall) -> list[Row]:
-    """One Row per number of partitions searched (the recall / queries-per-second curve)."""
-    from .partitioned import PartitionedIndex, PartitionSettings
-
-    n, d = ds.train.shape
-    test_t = torch.from_numpy(ds.test)
-    settings = PartitionSettings(partitions=partitions or default_partitions(n), codes=codes, train_size=None)
-    t0 = time.perf_counter()
-    index = PartitionedIndex(d, metric=ds.metric, settings=settings)
-    index.add(torch.from_numpy(ds.train))
-    index.train()  # on the rows added (a sample of at most MAX_TRAIN_PER_PARTITION per partition)
-    build = time.perf_counter() - t0
-    rows = []
-    for probe in probes:
-        index.search(test_t[: min(8, len(test_t))], k, probe=probe)  # warm-up
-        res, secs = timed(lambda: index.search(test_t, k, probe=probe), repeat)
-        name = f"peakknn partitioned {codes} P={settings.partitions} probe={probe}"
-        rows.append(Row(name, recall(res.ids.numpy()), len(test_t) / secs, secs, build, index.memory_bytes / 2**20))
-    return rows
-
-
-def _faiss_rows(ds: Dataset, k: int, repeat: int, recall) -> list[Row]:
-    try:
-        import faiss
-    except ImportError:
-        LOG.warning("faiss is not installed (pip install faiss-cpu): skipping the FAISS baseline")
-        return []
-    faiss.omp_set_num_threads(torch.get_num_threads())
-    train, test = ds.train, ds.test
-    if ds.metric == "cos":
-        train = train / np.linalg.norm(train, axis=1, keepdims=True)
-        test = test / np.linalg.norm(test, axis=1, keepdims=True)
-    t0 = time.perf_counter()
-    if ds.metric == "l2":
-        name, index = "faiss IndexFlatL2", faiss.IndexFlatL2(train.shape[1])
-    else:
-        name, index = "faiss IndexFlatIP", faiss.IndexFlatIP(train.shape[1])
-    index.add(np.ascontiguousarray(train, dtype=np.float32))
-    build = time.perf_counter() - t0
-    (_, ids), secs = timed(lambda: index.search(np.ascontiguousarray(test, dtype=np.float32), k), repeat)
-    return [Row(name, recall(ids), test.shape[0] / secs, secs, build, train.nbytes / 2**20)]
 
 
 def format_table(rows: list[Row], title: str) -> str:
@@ -164,34 +129,173 @@ def format_table(rows: list[Row], title: str) -> str:
     ]  # fmt: skip
     for r in rows:
         floor = "- | - | -" if r.floor_s != r.floor_s else f"{r.floor_s:.3f} | {r.pct_floor:.0f}% | {r.bottleneck}"
-        lines.append(f"| {r.method} | {r.recall:.4f} | {r.qps:,.0f} | {r.search_s:.3f} | {floor} | {r.build_s:.2f} | {r.memory_mb:,.0f} |")
+        lines.append(f"| {r.method} | {r.recall:.4f} | {r.qps:,.0f} | {r.search_s:.3f} | {floor} | {r.build_s:.2f} | {r.memory_mb:,.1f} |")
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------- curves (--partitioned, suite.py)
+def prepared(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
+    """float32 C-contiguous train/test and the metric for `peers`: cosine becomes normalised "ip"."""
+    train, test = np.ascontiguousarray(ds.train, np.float32), np.ascontiguousarray(ds.test, np.float32)
+    if ds.metric == "cos":
+        train = train / np.linalg.norm(train, axis=1, keepdims=True)
+        test = test / np.linalg.norm(test, axis=1, keepdims=True)
+        return train, test, "ip"
+    return train, test, ds.metric
+
+
+def with_truth(ds: Dataset, k: int) -> Dataset:
+    """ds with ground truth for k: an exact fp32 search where the file has none, or fewer than
+    k neighbours per query."""
+    if ds.neighbors is None or ds.neighbors.shape[1] < k:
+        ds.neighbors = exact_search(torch.from_numpy(ds.train), torch.from_numpy(ds.test), k, ds.metric)
+    return ds
+
+
+def sweep(methods: list[Method], ds: Dataset, k: int, repeat: int, rounds: int = 1, quick: bool = False, say=print) -> list[dict]:
+    """Build every method once, then sweep them all `rounds` times, method after method (each
+    setting: a warm-up, then the median of `repeat` timed runs of the whole batch). A point's
+    qps is the median over rounds, so slow spells of a shared machine fall on every method
+    alike; recall is from the first round. ds: with its ground truth (`with_truth`).
+    A peer whose build raises is skipped with a message (peakknn's errors propagate)."""
+    train, test, metric = prepared(ds)
+    built = []
+    for m in methods:
+        gc.collect()
+        before, t0 = rss_bytes(), time.perf_counter()
+        try:
+            m.build(train, metric)
+        except Exception as e:  # a peer's library refusing this data should not end the run
+            if not m.needs:
+                raise
+            say(f"  skip {m.name}: {type(e).__name__}: {e}")
+            continue
+        build_s, after = time.perf_counter() - t0, rss_bytes()
+        rss_mb = float("nan") if before is None or after is None else (after - before) / 2**20
+        own = m.memory_mb == m.memory_mb
+        built.append((m, {"build_s": build_s, "memory_mb": m.memory_mb if own else rss_mb, "memory_by": "index" if own else "rss", "rss_mb": rss_mb}))
+    points: dict[tuple, dict] = {}
+    for r in range(rounds):
+        for m, common in built:
+            for setting in m.settings(quick):
+                m.search(test[: min(16, len(test))], k, setting)  # warm-up
+                ids, secs = timed(lambda: m.search(test, k, setting), repeat)
+                point = points.get((m.name, str(setting)))
+                if point is None:
+                    rec = recall_at_k(np.asarray(ids, dtype=np.int64), ds.neighbors, ds.train, ds.test, ds.metric)
+                    point = points[(m.name, str(setting))] = {"method": m.name, "knob": m.knob, "setting": setting, "recall": rec, "qps_rounds": [], **common}
+                point["qps_rounds"].append(len(test) / secs)
+                point["qps"] = float(np.median(point["qps_rounds"]))
+                tag = f"[{r + 1}/{rounds}] " if rounds > 1 else ""
+                knob = "" if setting is None else f"{m.knob}={setting}"
+                say(f"  {tag}{m.name:30s} {knob:22s} recall {point['recall']:.4f} {len(test) / secs:10,.0f} q/s")
+    return list(points.values())
+
+
+def best_table(points: list[dict], title: str) -> str:
+    """Per method: best q/s at recall >= each of THRESHOLDS (with its setting), build s, memory."""
+    head = " | ".join(f"q/s @ recall >= {t:.2f}" for t in THRESHOLDS)
+    lines = [title, "", f"| method | {head} | build s | memory MiB |", "|---|" + "---|" * (len(THRESHOLDS) + 2)]
+    for m in dict.fromkeys(p["method"] for p in points):
+        mine = [p for p in points if p["method"] == m]
+        cells = []
+        for t in THRESHOLDS:
+            best = max((p for p in mine if p["recall"] >= t), key=lambda p: p["qps"], default=None)
+            if best is None:
+                cells.append("–")
+            else:
+                cells.append(f"{best['qps']:,.0f}" + ("" if best["setting"] is None else f" ({best['knob']}={best['setting']})"))
+        memory = f"{mine[0]['memory_mb']:,.1f}" + (" (rss)" if mine[0]["memory_by"] == "rss" else "")
+        lines.append(f"| {m} | {' | '.join(cells)} | {mine[0]['build_s']:.1f} | {memory} |")
+    lines += ["", "memory: the index's own accounting; (rss): growth of the process's resident memory over the build"]
+    return "\n".join(lines)
+
+
+def plot(points: list[dict], title: str, path: Path, k: int = 10, say=print) -> None:
+    """Recall vs q/s (log scale), one line per method, to path (PNG); without matplotlib: a message."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("  no plot: pip install matplotlib")
+        return
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colours = plt.get_cmap("tab20").colors  # one colour per method (the default cycle has 10)
+    for i, m in enumerate(dict.fromkeys(p["method"] for p in points)):
+        mine = sorted((p for p in points if p["method"] == m), key=lambda p: p["recall"])
+        ours = m.startswith("peakknn")
+        ax.plot([p["recall"] for p in mine], [p["qps"] for p in mine], "o-" if ours else ".--", label=m, color=colours[i % len(colours)], linewidth=2 if ours else 1)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"recall@{k}")
+    ax.set_ylabel("queries / s (log)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo "model name", else lscpu "Model name", else platform."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+# ----------------------------------------------------------------- command
 def main(args) -> int:
     torch.set_num_threads(args.threads)
-    perfmodel.ceilings("cpu", refresh=args.remeasure)  # measured once per machine, then cached
     if args.dataset:
         ds = load_hdf5(args.dataset)
         if args.nq:
             ds.test, ds.neighbors = ds.test[: args.nq], None if ds.neighbors is None else ds.neighbors[: args.nq]
     else:
         ds = synthetic(args.n, args.d, args.nq or 1000, seed=args.seed)
-    if ds.neighbors is not None and ds.neighbors.shape[1] < args.k:
-        raise ValueError(f"the file's ground truth has {ds.neighbors.shape[1]} neighbours, fewer than k={args.k}")
-    probes = [int(p) for p in args.partitioned.split(",")] if args.partitioned else None
-    rows = run_bench(
-        ds, k=args.k, recall_target=args.recall_target, precision=args.precision, repeat=args.repeat,
-        peers=not args.no_peers, probes=probes, codes=args.codes, partitions=args.partitions,
-    )  # fmt: skip
     n, d = ds.train.shape
-    title = f"{ds.name}: n={n:,} d={d} queries={ds.test.shape[0]:,} k={args.k} metric={ds.metric} threads={args.threads}"
-    print(format_table(rows, title))
-    print(f"\nceilings: {perfmodel.summary(perfmodel.ceilings('cpu'))}")
-    if args.json:
-        payload = {"dataset": ds.name, "n": n, "d": d, "nq": ds.test.shape[0], "k": args.k, "metric": ds.metric,
-                   "threads": args.threads, "rows": [dataclasses.asdict(r) for r in rows],
-                   "ceilings": dataclasses.asdict(perfmodel.ceilings("cpu"))}  # fmt: skip
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1)
+    machine = {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads}
+    title = f"{ds.name}: n={n:,} d={d} queries={ds.test.shape[0]:,} k={args.k} metric={ds.metric}\nCPU: {machine['cpu']} ({machine['cpus']} logical CPUs), threads={args.threads}"
+    payload = {"dataset": ds.name, "n": n, "d": d, "nq": ds.test.shape[0], "k": args.k, "metric": ds.metric, **machine}
+    points = None
+    if args.partitioned is None:
+        perfmodel.ceilings("cpu", refresh=args.remeasure)  # measured once per machine, then cached
+        if ds.neighbors is not None and ds.neighbors.shape[1] < args.k:
+            raise ValueError(f"the file's ground truth has {ds.neighbors.shape[1]} neighbours, fewer than k={args.k}")
+        rows = run_bench(ds, k=args.k, recall_target=args.recall_target, precision=args.precision, repeat=args.repeat, peers=not args.no_peers)
+        table = format_table(rows, title) + f"\n\nceilings: {perfmodel.summary(perfmodel.ceilings('cpu'))}"
+        payload.update(repeat=args.repeat, rows=[dataclasses.asdict(r) for r in rows], ceilings=dataclasses.asdict(perfmodel.ceilings("cpu")))
+    else:
+        probes = None if args.partitioned == "auto" else args.partitioned
+        methods: list[Method] = [PeakPartitioned(args.threads, partitions=args.partitions, codes=args.codes, probes=probes)]
+        if not args.no_peers:
+            methods += available(BENCH_PEERS, args.threads)
+        title += f", rounds={args.rounds}, repeat={args.repeat}"
+        print(title, flush=True)
+        points = sweep(methods, with_truth(ds, args.k), args.k, args.repeat, args.rounds, say=lambda s: print(s, flush=True))
+        table = best_table(points, title)
+        payload.update(rounds=args.rounds, repeat=args.repeat, rows=points)
+    print("\n" + table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [Path(args.json) if args.json else out / f"bench-{ds.name}.json", out / f"bench-{ds.name}.md"]
+    written[0].write_text(json.dumps(payload, indent=1))
+    written[1].write_text(table + "\n")
+    if points is not None:
+        written.append(out / f"bench-{ds.name}.png")
+        plot(points, title, written[-1], args.k)
+    print("\nwrote " + ", ".join(str(p) for p in written if p.exists()))
     return 0

@@ -12,22 +12,29 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peakknn", description="k-nearest-neighbour search at peak FLOP/s")
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("bench", help="recall, queries/s, build time and memory next to FAISS and torch")
+    b = sub.add_parser("bench", help="recall, queries/s, build time and memory next to the peers (FAISS, torch; ScaNN, hnswlib, usearch with --partitioned)")
     b.add_argument("--dataset", help="ann-benchmarks HDF5 file (default: synthetic random data)")
     b.add_argument("--n", type=int, default=1_000_000, help="synthetic database rows")
     b.add_argument("--d", type=int, default=128, help="synthetic dimension")
     b.add_argument("--nq", type=int, default=None, help="queries (synthetic default 1000; a file: its first NQ)")
     b.add_argument("--k", type=int, default=10)
-    b.add_argument("--recall-target", type=float, default=0.99)
-    b.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    b.add_argument("--recall-target", type=float, default=0.99, help="of the flat Index (without --partitioned)")
+    b.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="of the flat Index (without --partitioned)")
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--repeat", type=int, default=3, help="timed runs per method (median)")
+    b.add_argument("--repeat", type=int, default=3, help="timed runs per method or setting (median)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--no-peers", action="store_true", help="skip FAISS and torch")
-    b.add_argument("--json", help="also write the numbers to this JSON file")
-    b.add_argument("--partitioned", metavar="PROBES", help="also a PartitionedIndex searched with each of these comma-separated partition counts")
-    b.add_argument("--codes", choices=["bf16", "int8", "pq4"], default="bf16", help="codes of the partitioned index")
-    b.add_argument("--partitions", type=int, default=None, help="partitions of the partitioned index (default about sqrt(n))")
+    b.add_argument("--no-peers", action="store_true", help="peakknn only")
+    b.add_argument("--out", default="bench-out", help="directory for bench-<dataset>.md / .json / .png (default: %(default)s)")
+    b.add_argument("--json", help="write the JSON here instead of OUT/bench-<dataset>.json")
+    b.add_argument(
+        "--partitioned", nargs="?", const="auto", type=_probes, metavar="PROBES",
+        help="instead: the recall / q/s curve of a PartitionedIndex next to every installed peer (ScaNN, FAISS IVF-PQ, "
+        "hnswlib, usearch, FAISS flat), each over its own sweep; PROBES: comma-separated numbers of partitions "
+        "searched per query (default: 1, 2, 3, 4, 6, 8, ... up to a quarter of the partitions)",
+    )  # fmt: skip
+    b.add_argument("--rounds", type=int, default=3, help="--partitioned: sweeps of all methods, interleaved (q/s: median over rounds; default: %(default)s)")
+    b.add_argument("--codes", choices=["bf16", "int8", "pq4"], default=None, help="codes of the partitioned index (default: PartitionSettings' default)")
+    b.add_argument("--partitions", type=int, default=None, help="partitions of the partitioned index (default: PartitionSettings' default)")
     b.add_argument("--remeasure", action="store_true", help="measure the machine's ceilings again (peakknn.perfmodel cache)")
 
     s = sub.add_parser("build", help="vectors (.npy or HDF5) -> saved index directory")
@@ -46,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--ids-out", default="ids.npy")
     q.add_argument("--scores-out", default="scores.npy")
     return p
+
+
+def _probes(text: str):
+    """--partitioned's value: "auto", or a comma-separated list of positive ints."""
+    if text == "auto":
+        return text
+    try:
+        probes = [int(p) for p in text.split(",")]
+    except ValueError:
+        probes = []
+    if not probes or min(probes) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or comma-separated positive numbers of partitions to search, got {text!r}")
+    return probes
 
 
 def main(argv: list[str] | None = None) -> int:

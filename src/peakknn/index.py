@@ -73,7 +73,6 @@ class Index:
         self._slots = SlotStore(self.device, placement_seed=self.seed)
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
         self._scan_rows = torch.empty(0, scan_row_width(self.dim), dtype=self.scan_dtype, device=self.device)
-        self._bias = torch.empty(0, dtype=torch.float32, device=self.device)
         self._frame: ScanFrame | None = None  # how the scan rows are shifted and scaled: see _recentre
         self._centred_at = 0  # capacity when the frame was last checked
 
@@ -107,7 +106,7 @@ class Index:
     @reads
     def memory_bytes(self) -> int:
         """Bytes held by the index's arrays (capacity included) and its id bookkeeping."""
-        tensors = (self._vectors, self._scan_rows, self._bias)
+        tensors = (self._vectors, self._scan_rows)
         return sum(t.numel() * t.element_size() for t in tensors) + self._slots.nbytes
 
     # ----------------------------------------------------------------- updates
@@ -153,7 +152,6 @@ class Index:
         self._vectors[t] = 0.0
         self._scan_rows[t] = 0.0
         self._scan_rows[t, self.dim] = float("-inf")
-        self._bias[t] = float("-inf")
 
     @reads
     def get(self, ids) -> torch.Tensor:
@@ -237,7 +235,6 @@ class Index:
         self._vectors = _extend(self._vectors, extra, 0.0)
         self._scan_rows = _extend(self._scan_rows, extra, 0.0)
         self._scan_rows[old:, self.dim] = float("-inf")
-        self._bias = _extend(self._bias, extra, float("-inf"))
 
     def _write(self, slots: np.ndarray, ids: np.ndarray, x: torch.Tensor) -> None:
         t = torch.from_numpy(slots).to(self.device)
@@ -258,7 +255,6 @@ class Index:
         row[:, : self.dim] = xc
         row[:, self.dim] = bias
         self._scan_rows[t] = row
-        self._bias[t] = bias
 
     def _recentre(self, force: bool = False) -> None:
         """Once per capacity growth (or when forced): measure the live rows' frame (at a growth on
@@ -314,9 +310,13 @@ class _IndexTable:
         return self.index._vectors.index_select(0, slots.reshape(-1)).view(*slots.shape, self.index._vectors.shape[1])
 
     def bias(self, start: int, stop: int) -> torch.Tensor:
-        if self.subset is None:
-            return self.index._bias[start:stop]
-        return self.index._bias[self.subset[start:stop]]
+        """f32[stop - start] exact rank corrections (from the fp32 vectors, in the frame; -inf for free slots)."""
+        slots = torch.arange(start, stop, device=self.device) if self.subset is None else self.subset[start:stop]
+        if self.index.metric == "l2":
+            bias = rank_bias(self.frame.rows(self.index._vectors[slots]), "l2")
+        else:
+            bias = torch.zeros(slots.numel(), dtype=torch.float32, device=self.device)
+        return bias.masked_fill(self._slot_ids[slots] < 0, float("-inf"))
 
     def alive(self, rows: torch.Tensor) -> torch.Tensor:
         alive = self._slot_ids[self._slots(rows)] >= 0

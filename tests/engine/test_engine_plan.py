@@ -7,12 +7,16 @@ import torch
 
 from peakknn import bins_for_recall, expected_recall
 from peakknn._types import default_rerank
-from peakknn.engine.plan import MAX_GROUPS, MIN_BIN_FILL, ScanPlan, extra_bins_cap, plan_kernel, plan_scan, query_block
+from peakknn.engine.plan import MAX_GROUPS, MIN_BIN_FILL, SEARCH_CONFIDENCE, ScanPlan, extra_bins_cap, plan_kernel, plan_scan, query_block
+from peakknn.topk.recall import bins_for_confidence
 
 
 def needed_bins(k, target):
-    """The fewest bins for the target, rounded up to a multiple of 16 (the plans' vector width)."""
-    return -(-bins_for_recall(k, target) // 16) * 16
+    """The fewest bins that keep each query's recall >= target with SEARCH_CONFIDENCE, rounded up
+    to a multiple of 16 (the plans' vector width); never fewer than the expectation needs."""
+    bins = bins_for_confidence(k, target, confidence=SEARCH_CONFIDENCE)
+    assert bins >= bins_for_recall(k, target)
+    return -(-bins // 16) * 16
 
 
 def test_exact_plans():

@@ -35,7 +35,7 @@ def test_scan_cells_hold_the_best_bins_winners(n, bins, groups, rerank, metric):
     x, q = torch.randn(n, 8, generator=g), torch.randn(9, 8, generator=g)
     table = DenseTable(x, metric, torch.float32)
     plan = ScanPlan(bins=bins, groups=groups, rerank=rerank)
-    slots, valid = scan_cells(table, scan_queries(scan_side(q, table.frame, metric), torch.float32), plan)
+    slots, valid, unresolved = scan_cells(table, scan_queries(scan_side(q, table.frame, metric), torch.float32), plan)
     cells = min(rerank, bins)
     assert slots.shape == valid.shape == (9, cells * groups)
     assert bool((slots >= 0).all() and (slots < n).all())

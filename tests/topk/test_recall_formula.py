@@ -47,11 +47,11 @@ def test_bad_arguments(call):
         call()
 
 
-@pytest.mark.parametrize("k,bins", [(10, 96), (10, 448), (32, 300), (5, 16), (1, 7)])
-def test_recall_variance_matches_a_simulation(k, bins):
-    """Place the top-k in uniformly random bins (the model behind the formulas): the mean and
-    variance of the surviving fraction match expected_recall and recall_variance."""
-    from peakknn.topk.recall import recall_variance
+@pytest.mark.parametrize("k,bins", [(10, 96), (10, 448), (32, 300), (5, 16), (1, 7), (2, 2), (3, 3), (100, 2000)])
+def test_recall_distribution_matches_a_simulation(k, bins):
+    """Place the top-k in uniformly random bins (the model behind the formulas): the law of the
+    surviving fraction matches recall_distribution, and its mean expected_recall."""
+    from peakknn.topk.recall import recall_distribution
 
     rng = np.random.default_rng(k * 1000 + bins)
     trials = 100_000
@@ -59,26 +59,28 @@ def test_recall_variance_matches_a_simulation(k, bins):
     survives = np.ones((trials, k), dtype=bool)
     for i in range(1, k):
         survives[:, i] = ~(b[:, :i] == b[:, i : i + 1]).any(1)
-    r = survives.mean(1)
-    assert abs(r.mean() - expected_recall(k, bins)) < 4 * r.std() / trials**0.5 + 1e-12
-    var = recall_variance(k, bins)
-    assert abs(r.var() - var) <= 0.03 * var + 1e-12  # the variance's own sampling error is ~1% here
+    kept = survives.sum(1)
+    law = recall_distribution(k, bins)
+    assert law.shape == (k + 1,) and abs(law.sum() - 1) < 1e-12
+    assert abs((law * np.arange(k + 1)).sum() / k - expected_recall(k, bins)) < 1e-12
+    seen = np.bincount(kept, minlength=k + 1) / trials
+    assert np.abs(seen - law).max() < 4 * np.sqrt(law * (1 - law) / trials).max() + 1e-4
 
 
-def test_bins_for_confidence_is_the_smallest_that_keeps_the_batch_above_the_target():
-    import statistics
+def test_bins_for_confidence_is_the_smallest_that_keeps_one_query_above_the_target():
+    from peakknn.topk.recall import bins_for_confidence, recall_distribution
 
-    from peakknn.topk.recall import bins_for_confidence, recall_variance
-
-    z = statistics.NormalDist().inv_cdf(0.95)
-    for k, target, queries in ((10, 0.99, 1000), (10, 0.9, 1), (32, 0.95, 100)):
-        bins = bins_for_confidence(k, target, queries)
+    for k, target, confidence in ((10, 0.99, 0.95), (10, 0.9, 0.95), (32, 0.95, 0.9), (100, 0.99, 0.95), (1, 0.99, 0.95)):
+        bins = bins_for_confidence(k, target, confidence=confidence)
         assert bins >= bins_for_recall(k, target)
+        need = math.ceil(k * target - 1e-9)
 
-        def lower(b):
-            return expected_recall(k, b) - z * math.sqrt(recall_variance(k, b) / queries)
-        assert lower(bins) >= target > lower(bins - 1)
-    # more queries average out more: fewer bins; one query needs every top-k alone in its bin
-    assert bins_for_confidence(10, 0.99, 10_000) <= bins_for_confidence(10, 0.99, 1000) <= bins_for_confidence(10, 0.99, 1)
+        def chance(b):
+            return recall_distribution(k, b)[need:].sum()
+
+        assert chance(bins) >= confidence
+        assert bins == 1 or chance(bins - 1) < confidence
+    # k = 10 at 0.95 or 0.99: every top-k row alone in its bin
+    assert bins_for_confidence(10, 0.95) == bins_for_confidence(10, 0.99) > bins_for_confidence(10, 0.9)
     with pytest.raises(ValueError, match="confidence"):
-        bins_for_confidence(10, 0.9, 10, confidence=1.0)
+        bins_for_confidence(10, 0.9, confidence=1.0)

@@ -65,14 +65,14 @@ def run_search(
         block = query_block(CHUNK_COLUMNS, 8, max_memory)
 
         def candidates(q):
-            return torch_scan.scan_exact(table, q, k)
+            return (*torch_scan.scan_exact(table, q, k), None)
 
     elif backend == "triton":
         block = query_block(plan.bins * 16, 4, max_memory, KERNEL_QUERY_BLOCK)  # winners of up to 16 slices
         operands = kernel_scan.kernel_operands(table)
 
         def candidates(q):
-            return kernel_scan.kernel_cells(operands, q.to(table.scan_dtype), plan)
+            return (*kernel_scan.kernel_cells(operands, q.to(table.scan_dtype), plan), None)
 
     else:
         block = query_block(plan.chunk, table.scan_dtype.itemsize, max_memory, ceilings.pass_queries(table.scan_dtype))
@@ -84,12 +84,14 @@ def run_search(
 
     def search_block(q, _start):
         qs = scan_side(q, getattr(table, "frame", None), metric)
-        cand, valid = candidates(qs)
+        cand, valid, unresolved = candidates(qs)
         rank, slots = rescore(table, q, cand, valid, k, metric, max_memory)
         if plan is not None and want:
-            short = rank[:, want - 1] == float("-inf")  # bins held too few live rows for these queries
-            if bool(short.any()):
-                again = short.nonzero()[:, 0]
+            again = rank[:, want - 1] == float("-inf")  # bins held too few live rows for these queries
+            if unresolved is not None:  # neighbours closer than the scan dtype's rounding
+                again |= unresolved
+            if bool(again.any()):
+                again = again.nonzero()[:, 0]
                 cand, valid = torch_scan.scan_exact(table, qs[again], k)
                 rank[again], slots[again] = rescore(table, q[again], cand, valid, k, metric, max_memory)
         return rank, slots

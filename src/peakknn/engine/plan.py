@@ -25,15 +25,19 @@ MAX_QUERY_BLOCK = 4096  # queries scanned together at most
 DEFAULT_MEMORY = 256 << 20  # working-memory budget of one search call, bytes
 KERNEL_MIN_BINS = 128  # the kernel keeps at least this many bins (one BLOCK_N) while n allows
 KERNEL_QUERY_BLOCK = 16384  # queries per fused-kernel launch (fewer launches; docs/ARCHITECTURE.md)
+SEARCH_CONFIDENCE = 0.95  # a search's bins keep each query's recall >= recall_target with this probability
 
 
 @dataclasses.dataclass(frozen=True)
 class ScanPlan:
-    """bins: L; groups: rows per cell; chunk = bins * groups rows; rerank: cells re-scored."""
+    """bins: L; groups: rows per cell; chunk = bins * groups rows; rerank: cells re-scored (at
+    least); k: results wanted, which lets a low-precision scan re-score the winners its rounding
+    cannot tell from the k-th (`torch_scan.winners_within_rounding`; 0: exactly rerank)."""
 
     bins: int
     groups: int
     rerank: int
+    k: int = 0
 
     @property
     def chunk(self) -> int:
@@ -53,7 +57,7 @@ def plan_scan(
     rerank: bin winners re-scored (None: `default_rerank`); chunk_columns: the widest score block
     per query (perfmodel's measured best chunk width).
     """
-    bins = plan_bins(n, k, recall_target)
+    bins = plan_bins(n, k, recall_target, confidence=SEARCH_CONFIDENCE)
     if bins is None:
         return None
     rerank = max(k, default_rerank(k, scan_dtype) if rerank is None else rerank)
@@ -62,12 +66,12 @@ def plan_scan(
     # More bins cost little while a chunk stays chunk_columns wide, and raise recall.
     bins = max(bins, min(chunk_columns // MAX_GROUPS, extra_bins_cap(n)))
     groups = max(1, min(groups, chunk_columns // bins))
-    return ScanPlan(bins=bins, groups=groups, rerank=min(rerank, bins))
+    return ScanPlan(bins=bins, groups=groups, rerank=min(rerank, bins), k=k)
 
 
 def plan_kernel(n: int, k: int, recall_target: float, rerank: int | None, scan_dtype: torch.dtype) -> ScanPlan | None:
     """Bins and re-scored winners for the fused kernel (cells of one row); None means an exact scan."""
-    bins = plan_bins(n, k, recall_target)
+    bins = plan_bins(n, k, recall_target, confidence=SEARCH_CONFIDENCE)
     if bins is None:
         return None
     rerank = max(k, default_rerank(k, scan_dtype) if rerank is None else rerank)

@@ -26,7 +26,8 @@ import torch
 
 from .._checks import as_matrix, check_array, round_up
 
-SCAN_ALIGN = 16  # scan rows are padded to a multiple of this width (faster matrix kernels)
+SCAN_ALIGN = 8  # scan rows are padded to a multiple of this width (16 bytes of bf16; docs/ALGORITHMS.md)
+LOW_DIMS = 16  # below this many dims scans run in fp32 (`scan_dtype_for`)
 FRAME_BLOCK_BYTES = 16 << 20  # float64 temporaries per block when a frame is measured
 FRAME_RANGE = 2.0**24  # frame coordinates beyond this (2^24 rms spreads out) mean the frame is stale
 
@@ -56,10 +57,10 @@ class Table(Protocol):
 
 def scan_dtype_for(dtype: torch.dtype, dim: int) -> torch.dtype:
     """The dtype a scan of `dim`-dimensional rows runs in when `dtype` is asked for: below
-    SCAN_ALIGN dims a scan row is one padded vector whatever its dtype and the product is not
+    LOW_DIMS dims a scan row is a short vector whatever its dtype and the product is not
     what bounds the scan, while bf16's 8-bit mantissa cannot order the near-equal scores of
     low-dimensional neighbours (cosine on a circle): fp32 there."""
-    return torch.float32 if dim < SCAN_ALIGN else dtype
+    return torch.float32 if dim < LOW_DIMS else dtype
 
 
 @dataclasses.dataclass(frozen=True)

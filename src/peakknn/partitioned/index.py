@@ -27,14 +27,14 @@ import numpy as np
 import torch
 
 from .._locks import RWLock, reads, writes
-from .._checks import as_id_set, as_ids, check_k, positive_int
+from .._checks import as_id_set, as_ids, check_k, check_recall_target, positive_int
 from .._slots import SlotStore
 from .._types import MetricLike, SearchResult, check_metric
 from ..engine.plan import DEFAULT_MEMORY
 from ..engine.rescore import finish
 from ..engine.table import prepare_rows, rank_bias
 from ..quant.codes import check_block_dims
-from . import persist, scan, training
+from . import calibration, persist, scan, training
 from .settings import ADAPTIVE_SPREAD, PartitionSettings, SearchSettings
 from .storage import Entries
 
@@ -75,6 +75,7 @@ class PartitionedIndex:
         self._entries = Entries(self._copies)
         self._scratch = scan.Scratch()
         self._trained: training.Trained | None = None  # centres, codec, projection, probe gaps
+        self._curves: dict[int, calibration.RecallCurve] = {}  # recall per probe, per k (calibration)
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -165,7 +166,7 @@ class PartitionedIndex:
     @property
     def _copies(self) -> int:
         """Partitions each row is stored in: 2 with spill (and more than one partition), else 1."""
-        return 2 if self.settings.spill and self.settings.partitions > 1 else 1
+        return 2 if self.settings.spill and self.settings.partitions != 1 else 1
 
     # ----------------------------------------------------------------- training
     @writes
@@ -183,16 +184,43 @@ class PartitionedIndex:
                 raise ValueError("no rows to train on: pass a sample or add vectors first")
         else:
             x = self._prepare(sample, "sample")
+        self.settings = self.settings.for_rows(max(len(self), x.shape[0]))
         self._set_trained(training.fit(x, self.settings, self.metric, self.search_settings.probe))
         slots = self._slots.live_slots()
         self._place(slots, self._vectors[slots])
-        if not self.settings.keep_vectors:
+        if not self.settings.keep_vectors:  # measured now, while the vectors are still here
+            self._calibrate()
             self._vectors = self._vectors[:0]
+
+    @writes
+    def calibrate(self) -> None:
+        """Measure the recall curves behind `search(recall_target=...)` on the stored rows now
+        (`partitioned.calibration`). Otherwise the first such search measures them, and measures
+        again once the index has grown CALIBRATE_GROWTH-fold; a compressed-only index
+        (keep_vectors=False) measures them at training, while it still has the vectors."""
+        if not self.is_trained:
+            raise ValueError("the index is not trained: train it first")
+        if not self.settings.keep_vectors:
+            raise ValueError("a compressed-only index (keep_vectors=False) is calibrated at training only")
+        self._calibrate()
+
+    def _calibrate(self) -> None:
+        slots = self._slots.live_slots()
+        x = self._vectors[torch.from_numpy(slots).to(self.device)]
+        ids = self._slots.slot_ids[torch.from_numpy(slots)].numpy()
+        self._curves = calibration.measure(self, x, ids, seed=self.settings.seed)
+
+    @property
+    def recall_curves(self) -> dict[int, tuple[list[int], list[float]]]:
+        """{k: (probes, mean recall@k)} measured at the last calibration (empty before the first
+        `calibrate()` or search with a recall_target)."""
+        return {k: (c.probes.tolist(), c.recall.tolist()) for k, c in self._curves.items()}
 
     def _set_trained(self, trained: training.Trained) -> None:
         """Adopt what training learned, with empty partitions (the caller places the rows)."""
         self._trained = trained
-        self._entries.reset(self.settings, self.dim, self.scan_dims, self.device)
+        self._curves = {}
+        self._entries.reset(self.settings, self.dim, self.scan_dims, self.device, self._copies)
 
     # ----------------------------------------------------------------- updates
     @writes
@@ -230,12 +258,12 @@ class PartitionedIndex:
         return self._vectors[torch.from_numpy(slots).to(self.device)].clone()
 
     # ----------------------------------------------------------------- search
-    @reads
     def search(
         self,
         queries,
         k: int,
         *,
+        recall_target: float | None = None,
         probe: int | None = None,
         rerank: int | None = None,
         adaptive: bool | None = None,
@@ -244,6 +272,8 @@ class PartitionedIndex:
     ) -> SearchResult:
         """k nearest stored vectors of each query f32[nq, dim] (or [dim]).
 
+        recall_target: the probe whose recall@k on the index's own rows, as measured at the last
+        calibration (`recall_curves`), reaches this (`partitioned.calibration`; not with probe);
         probe: partitions searched per query (None = the index's setting; capped at the
         number of partitions); rerank: candidates re-scored exactly (None = the index's
         setting); adaptive: probe is a mean over queries (see SearchSettings; None = the
@@ -254,7 +284,33 @@ class PartitionedIndex:
         CPU with user ids; -1 (score -inf / +inf) where fewer than k rows were found in the
         probed partitions.
         """
+        if recall_target is not None and probe is None and self._calibration_due():
+            with self._lock.write():  # measure the curves (once: the others wait, then find them)
+                if self._calibration_due():
+                    self._calibrate()
+        with self._lock.read():
+            return self._search(queries, k, recall_target=recall_target, probe=probe, rerank=rerank, adaptive=adaptive, allowed_ids=allowed_ids, max_memory=max_memory)
+
+    def _calibration_due(self) -> bool:
+        """Trained with vectors, and no curves yet or curves measured on a CALIBRATE_GROWTH-fold smaller index."""
+        if not self.is_trained or not self.settings.keep_vectors or len(self) == 0:
+            return False
+        return not self._curves or len(self) >= calibration.CALIBRATE_GROWTH * max(c.rows for c in self._curves.values())
+
+    def probe_for(self, recall_target: float, k: int = 10) -> int:
+        """The probe a search with this recall_target and k uses (from `recall_curves`)."""
+        target = check_recall_target(recall_target)
+        if not self._curves:
+            raise ValueError("the index has no recall calibration (untrained, or loaded from an older file): call calibrate() first, or pass probe=")
+        return calibration.probe_for(calibration.curve_for(self._curves, check_k(k)), target)
+
+    def _search(self, queries, k, *, recall_target=None, probe=None, rerank=None, adaptive=None, allowed_ids=None, max_memory=DEFAULT_MEMORY) -> SearchResult:
         k = check_k(k)
+        if recall_target is not None:
+            if probe is not None:
+                raise ValueError(f"pass probe or recall_target, not both (got probe={probe}, recall_target={recall_target})")
+            if self.is_trained:
+                probe = self.probe_for(recall_target, k)
         probe = self.search_settings.probe if probe is None else probe
         rerank = self.search_settings.rerank if rerank is None else rerank
         if adaptive is None:  # the index's setting, where the index has the calibration

@@ -24,6 +24,7 @@ from .._checks import check_array
 from .._types import METRICS
 from ..engine.table import ScanFrame
 from ..quant.codes import Int8Codes, ProductQuantizer
+from . import calibration
 from .settings import GAP_COLUMNS, PartitionSettings, SearchSettings
 from .training import Trained
 
@@ -55,6 +56,8 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
         if index._probe_gaps is not None:  # None: loaded from a file written before adaptive probing
             arrays["probe_gaps"] = index._probe_gaps
         arrays.update(index._trained.frame.arrays("frame_"))
+        if index._curves:
+            arrays["recall_curves"] = torch.cat([c.as_array() for c in index._curves.values()])
     arrays["ids"] = index._slots.slot_ids[slots]
     if index.settings.keep_vectors or not index.is_trained:  # an empty index saves f32[0, dim]
         arrays["vectors"] = index._vectors[slots.to(index.device)] if index._vectors.shape[0] else index._vectors[:0]
@@ -148,6 +151,8 @@ def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None,
     else:  # version 2 (peakknn 0.1.0): rows were coded as they are
         frame = ScanFrame.identity(dim, index.device)
     index._set_trained(Trained(centres=centres.to(index.device), codec=codec, projection=projection, probe_gaps=gaps, frame=frame))
+    if "recall_curves" in arrays:  # absent from files written before calibration
+        index._curves = calibration.curves_from_array(arrays["recall_curves"], where)
     slots = index._take_slots(count)
     index._slots.assign(slots, ids)
     if vectors is not None:

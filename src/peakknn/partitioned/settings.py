@@ -8,6 +8,7 @@ may override probe, rerank and adaptive.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .._checks import positive_int
 
@@ -15,13 +16,26 @@ CODE_TYPES = ("bf16", "int8", "pq4")
 SCAN_K, SCAN_RECALL = 10, 0.995  # scan_dims="auto": the first pass keeps this share of the top-10 in its best 20
 GAP_COLUMNS = 256  # adaptive probe: the most partitions its calibration plans for
 ADAPTIVE_SPREAD = 2  # adaptive probe: one query searches at most this many times `probe` partitions
+PARTITIONS_PER_SQRT_N = 2  # partitions=None: about this many times sqrt(n) (docs/ALGORITHMS.md: the table over data sets)
+MIN_PARTITION_ROWS = 32  # ... while each partition keeps at least this many rows
+AUTO_TRAIN_SIZE = 16384  # partitions=None: train automatically at this many rows (or on a larger first add)
+
+
+def partitions_for(n: int) -> int:
+    """The partition count `PartitionSettings(partitions=None)` takes for n rows: the power of two
+    nearest PARTITIONS_PER_SQRT_N * sqrt(n), at least 8 and at most n / MIN_PARTITION_ROWS."""
+    want = PARTITIONS_PER_SQRT_N * math.sqrt(max(1, n))
+    p = 1 << max(0, round(math.log2(want)))
+    most = 1 << max(0, (max(1, n // MIN_PARTITION_ROWS)).bit_length() - 1)
+    return max(1, min(max(8, p), most))
 
 
 @dataclasses.dataclass(frozen=True)
 class PartitionSettings:
     """How an index is built (fixed at construction).
 
-    partitions: k-means partitions; codes: "bf16" (rows in bfloat16), "int8" (per-dimension
+    partitions: k-means partitions (None, the default: `partitions_for(n)` of the n rows the
+    index holds when it trains, about 2 sqrt(n)); codes: "bf16" (rows in bfloat16), "int8" (per-dimension
     scalar codes) or "pq4" (4-bit product quantization of residuals, `block_dims` dims per
     16-centre block); threshold: anisotropic threshold T for PQ training (None = plain PQ);
     anisotropic_partitions: partition with the anisotropic loss too; keep_vectors: keep fp32
@@ -35,10 +49,11 @@ class PartitionSettings:
     also store every row in a second partition (SOAR; None = for bf16/int8 codes with
     keep_vectors: it doubles the codes, and two differing pq4 estimates of one row help less);
     train_size: train automatically when this many rows are in (None = only `train()`;
-    default 40 * partitions); iters: k-means iterations; seed: seeds training.
+    default 40 * partitions, or AUTO_TRAIN_SIZE when partitions is None; one add of more rows
+    trains on all of them); iters: k-means iterations; seed: seeds training.
     """
 
-    partitions: int = 256
+    partitions: int | None = None
     codes: str = "bf16"
     block_dims: int = 2
     threshold: float | None = 0.2
@@ -51,7 +66,8 @@ class PartitionSettings:
     seed: int = 0
 
     def __post_init__(self):
-        positive_int("partitions", self.partitions)
+        if self.partitions is not None:
+            positive_int("partitions", self.partitions)
         if self.codes not in CODE_TYPES:
             raise ValueError(f"codes must be one of {CODE_TYPES}, got {self.codes!r}")
         positive_int("block_dims", self.block_dims)
@@ -75,10 +91,17 @@ class PartitionSettings:
         if not isinstance(self.spill, bool):
             raise ValueError(f"spill must be True, False or None, got {self.spill!r}")
         if self.train_size == -1:
-            object.__setattr__(self, "train_size", 40 * self.partitions)
+            object.__setattr__(self, "train_size", AUTO_TRAIN_SIZE if self.partitions is None else 40 * self.partitions)
         if self.train_size is not None:
             positive_int("train_size", self.train_size)
         positive_int("iters", self.iters)
+
+
+    def for_rows(self, n: int) -> "PartitionSettings":
+        """These settings with partitions=None made concrete for an index trained on n rows."""
+        if self.partitions is not None:
+            return self
+        return dataclasses.replace(self, partitions=partitions_for(n))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,8 +34,12 @@ class Entries:
         old = self.where.shape[0]
         self.where = np.concatenate([self.where, np.full((capacity - old, self.copies, 2), -1, dtype=np.int32)])
 
-    def reset(self, settings: PartitionSettings, dim: int, scan_width: int, device: torch.device) -> None:
-        """Empty pages for the codes of `settings` (rows of scan_width dims for bf16 / int8)."""
+    def reset(self, settings: PartitionSettings, dim: int, scan_width: int, device: torch.device, copies: int | None = None) -> None:
+        """Empty pages for the codes of `settings` (rows of scan_width dims for bf16 / int8), with
+        `copies` entries per row from now on (None: as before)."""
+        if copies is not None and copies != self.copies:
+            self.copies = copies
+            self.where = np.full((self.where.shape[0], copies, 2), -1, dtype=np.int32)
         if settings.codes == "pq4":
             code_width = (dim // settings.block_dims + 1) // 2
             self.lists = PagedLists(settings.partitions, code_width, torch.uint8, device, page_rows=PQ_PAGE_ROWS)

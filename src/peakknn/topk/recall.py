@@ -9,19 +9,17 @@ ones share its bin, so (Chern et al. 2022 for k' = 1; Samaga et al. 2025 for k' 
 
 which for k' = 1 is (L/k) * (1 - (1 - 1/L)^k) ~ 1 - (k-1)/(2L).
 
-That is an expectation over where the top-k land. Its variance for k' = 1 is exact too
-(`recall_variance`): with X_i = 1 when the i-th best keeps its bin, P[X_i] = (1 - 1/L)^(i-1) and,
-for i < j, P[X_i X_j] = (1 - 1/L) (1 - 2/L)^(i-1) (1 - 1/L)^(j-1-i) (both bins must stay free of
-the better ones: the expected number of ordered pairs of empty bins after m placements is
-L (L - 1) (1 - 2/L)^m). For k' > 1 the variance is bounded by mu (1 - mu). `bins_for_confidence`
-sizes L so that the mean recall of a batch of independent queries stays >= the target with the
-given confidence (normal approximation of the batch mean).
+That is an expectation over where the top-k land. For k' = 1 one query's recall is the number of
+bins its top-k occupy, over k, whose whole law is known (`recall_distribution`);
+`bins_for_confidence` sizes L so that each query's recall is >= the target with a given
+probability. Searches use that (engine.plan.SEARCH_CONFIDENCE): queries often share neighbours
+(data with an offset, large-norm rows under inner product), and then share one placement, so a
+batch does not average its collisions out and only a per-query statement holds for the batch.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 
 import numpy as np
 
@@ -54,48 +52,44 @@ def expected_recall(k: int, bins: int, *, per_bin: int = 1) -> float:
     return float(kept.mean())
 
 
-def recall_variance(k: int, bins: int, *, per_bin: int = 1) -> float:
-    """Variance of one query's recall over random bin placements (module docstring): exact for
-    per_bin = 1, the bound mu (1 - mu) of a [0, 1] variable with mean mu otherwise."""
-    mu = expected_recall(k, bins, per_bin=per_bin)
-    if per_bin != 1 or bins == 1:
-        return mu * (1.0 - mu)
-    i = np.arange(1, k + 1, dtype=np.float64)
-    p = np.exp((i - 1) * math.log1p(-1.0 / bins))  # P[X_i]
-    ii, jj = np.meshgrid(i, i, indexing="ij")
-    upper = ii < jj
-    log_joint = math.log1p(-1.0 / bins) + (ii - 1) * math.log1p(-2.0 / bins) + (jj - 1 - ii) * math.log1p(-1.0 / bins)
-    joint = np.where(upper, np.exp(np.where(upper, log_joint, 0.0)), 0.0)
-    cov = (joint - np.outer(p, p)) * upper
-    return float(max(0.0, (np.sum(p * (1 - p)) + 2.0 * cov.sum()) / (k * k)))
+def recall_distribution(k: int, bins: int) -> np.ndarray:
+    """P[recall = j / k] for j = 0..k, f64[k + 1], of one query whose top-k fall into `bins`
+    bins uniformly at random and each bin keeps its best one (per_bin = 1): the recall is the
+    number of occupied bins over k, whose law follows the occupancy recursion
+    P_{m+1}(j) = P_m(j) j / L + P_m(j - 1) (L - j + 1) / L."""
+    k = check_k(k)
+    bins = check_int("bins", bins, type_error=ValueError)
+    p = np.zeros(k + 1)
+    p[0] = 1.0
+    j = np.arange(k + 1, dtype=np.float64)
+    for _ in range(k):
+        p[1:] = p[1:] * j[1:] / bins + p[:-1] * np.maximum(bins - j[1:] + 1, 0) / bins
+        p[0] = 0.0
+    return p
 
 
-def bins_for_confidence(k: int, recall_target: float, queries: int, *, confidence: float = 0.95, per_bin: int = 1) -> int:
-    """Smallest L such that the mean recall of `queries` independent queries is >= recall_target
-    with probability `confidence` over bin placements: E[R] - z sqrt(Var[R] / queries) >= target,
-    z the normal quantile of `confidence` (mean recall and variance from this module)."""
+def bins_for_confidence(k: int, recall_target: float, *, confidence: float = 0.95) -> int:
+    """Smallest L such that one query's recall is >= recall_target with probability >=
+    `confidence` over random bin placements (per_bin = 1, `recall_distribution`). The statement
+    is per query, so it holds for the mean of any batch, also one whose queries share their
+    neighbours (and so share one placement)."""
     k = check_k(k)
     target = check_recall_target(recall_target)
-    queries = check_int("queries", queries)
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-    if target >= 1.0:
-        raise ValueError(f"recall_target 1.0 needs an exact top-k (k={k})")
-    z = statistics.NormalDist().inv_cdf(confidence)
+    need = math.ceil(k * target - 1e-9)  # bins that must be occupied
 
     def enough(bins: int) -> bool:
-        mu = expected_recall(k, bins, per_bin=per_bin)
-        return mu - z * math.sqrt(recall_variance(k, bins, per_bin=per_bin) / queries) >= target
+        return float(recall_distribution(k, bins)[need:].sum()) >= confidence
 
-    lo = bins_for_recall(k, target, per_bin=per_bin)  # the expectation alone: a lower bound
-    if enough(lo):
-        return lo
-    hi = lo
+    if need <= 1 or enough(k):
+        return k if need > 1 else 1
+    lo, hi = k, 2 * k  # invariant: not enough(lo)
     while not enough(hi):
         lo, hi = hi, hi * 2
         if hi > 1 << 40:
-            raise ValueError(f"recall_target {target} is too close to 1 for k={k} at confidence {confidence}")
-    while hi - lo > 1:  # invariant: not enough(lo), enough(hi)
+            raise ValueError(f"recall_target {target} is out of reach for k={k} at confidence {confidence}")
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         if enough(mid):
             hi = mid
