@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peakknn.partitioned.settings import partitions_for
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,8 +26,9 @@ def test_suite_quick_writes_table_points_and_skips_missing_peers(tmp_path):
               "--methods", "peakknn,peakknn-ivf,torch,faiss-flat,hnswlib", "--out", str(tmp_path))  # fmt: skip
     payload = json.loads((tmp_path / "clustered-3000x16.json").read_text())
     methods = {p["method"] for p in payload["points"]}
-    assert {"peakknn flat bf16", "peakknn partitioned bf16 P=128", "torch exact (mm+topk)"} <= methods  # 2 sqrt(n) partitions
-    curve = [p["recall"] for p in payload["points"] if p["method"] == "peakknn partitioned bf16 P=128"]
+    ours = f"peakknn partitioned bf16 P={partitions_for(3000)}"  # the default for n rows
+    assert {"peakknn flat bf16", ours, "torch exact (mm+topk)"} <= methods
+    curve = [p["recall"] for p in payload["points"] if p["method"] == ours]
     assert len(curve) >= 3 and curve[-1] >= 0.99 and all(b >= a - 0.005 for a, b in zip(curve, curve[1:]))
     for name, module in (("faiss-flat", "faiss"), ("hnswlib", "hnswlib")):
         if importlib.util.find_spec(module) is None:
@@ -63,7 +66,7 @@ def test_partitioned_gpu_script_runs_on_any_device():
     rows = {line.split("|")[1].strip() + " " + line.split("|")[2].strip(): float(line.split("|")[3]) for line in out.splitlines() if line.startswith("| flat") or line.startswith("| partitioned")}
     assert len(rows) == 2 + 2 * 2
     assert rows["flat Index bf16 recall_target 1.0"] == 1.0
-    assert rows["partitioned bf16 P=128 spill probe 64"] >= 0.99  # half the partitions, each row in two
+    assert rows[f"partitioned bf16 P={partitions_for(3000)} spill probe 64"] >= 0.99  # all partitions (64), each row in two
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on machines without a GPU")

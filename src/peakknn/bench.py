@@ -96,6 +96,7 @@ def run_bench(
 
     t0 = time.perf_counter()
     index = Index(d, metric=ds.metric, precision=precision)
+    index.reserve(n)  # a bulk load of known size: no doubling slack (README: memory)
     step = max(1, n // 20)
     for i in _progress(range(0, n, step), "peakknn build", ceil_div(n, step)):
         index.add(train_t[i : i + step])

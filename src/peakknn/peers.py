@@ -87,15 +87,14 @@ def rss_bytes() -> int | None:
 
 
 def default_probes(partitions: int) -> list[int]:
-    """Probes 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5 times them) up to
-    max(2, partitions // 4). With the default 256 partitions on debian-minilm-384-angular
-    (56,000 rows) recall@10 runs from 0.64 (probe 1) through 0.88 (3) to 0.994 (64)."""
+    """The calibration's probe ladder (`partitioned.calibration.probe_ladder`: 1, 2, 3, 4, 6, 8,
+    12, 16, 24, ...) up to max(2, partitions // 4). With 256 partitions on
+    debian-minilm-384-angular (56,000 rows) recall@10 runs from 0.64 (probe 1) through 0.88 (3)
+    to 0.994 (64)."""
+    from .partitioned.calibration import probe_ladder
+
     top = max(2, partitions // 4)
-    probes, p = [1], 2
-    while p <= top:
-        probes.extend(q for q in (p, p * 3 // 2) if q <= top)
-        p *= 2
-    return probes
+    return [p for p in probe_ladder(max(partitions, top)) if p <= top]
 
 
 class PeakFlat(Method):

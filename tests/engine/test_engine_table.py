@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from peakknn.engine.table import DenseTable, normalize_rows, prepare_rows, rank_bias, scan_queries, scan_row_width, scan_side
+from peakknn.engine.table import SCAN_ALIGN, DenseTable, normalize_rows, prepare_rows, rank_bias, scan_queries, scan_row_width, scan_side
 
 
 @pytest.mark.parametrize("d", [1, 15, 16, 33, 100])
@@ -20,7 +20,7 @@ def test_scan_rows_times_scan_queries_is_the_rank_score(d, metric, offset):
     g = torch.Generator().manual_seed(d)
     x, q = 3.0 * torch.randn(50, d, generator=g) + offset, 3.0 * torch.randn(7, d, generator=g) + offset
     width = scan_row_width(d)
-    assert width % 16 == 0 and d + 1 <= width < d + 17  # room for the bias, padded to 16
+    assert width % SCAN_ALIGN == 0 and d + 1 <= width < d + 1 + SCAN_ALIGN  # room for the bias, padded
     table = DenseTable(x, metric, torch.float32)
     m = x.double().mean(0)
     torch.testing.assert_close(table.frame.centre, m.float())
