@@ -76,3 +76,13 @@ def test_query_block_fits_the_memory_budget():
 
 def test_scan_plan_chunk():
     assert ScanPlan(bins=32, groups=4, rerank=8).chunk == 128
+
+
+def test_small_k_keeps_the_expectation_too():
+    """k = 2 or 3 has few recall values: the per-query statement alone would allow fewer bins
+    than the mean needs; the plans keep both."""
+    from peakknn.topk.plan import plan_bins
+
+    for k, target in ((2, 0.99), (2, 0.999), (3, 0.999), (10, 0.9)):
+        bins = plan_bins(10**7, k, target, confidence=SEARCH_CONFIDENCE)
+        assert bins >= bins_for_recall(k, target) and bins >= bins_for_confidence(k, target, confidence=SEARCH_CONFIDENCE)

@@ -55,3 +55,17 @@ def test_scan_cells_hold_the_best_bins_winners(n, bins, groups, rerank, metric):
         chunk = bins * groups
         mates = [j for b in best_bins for j in range(b, n, bins) if j // chunk == winners[b][1] // chunk]
         assert sorted(slots[i][valid[i]].tolist()) == sorted(mates)
+
+
+def test_deep_planned_rerank_is_not_taken_for_unresolved_rounding():
+    """Winners spread far apart (Gaussian scores): nothing is within the rounding of the k-th
+    beyond the planned rerank, so no query goes to the fp32 fallback, however large rerank is
+    against the bins."""
+    from peakknn.engine.torch_scan import winners_within_rounding
+
+    best = (torch.randn(50, 128) * 10).to(torch.bfloat16)
+    for k, rerank in ((10, 20), (50, 100), (100, 120)):
+        top, at, unresolved = winners_within_rounding(best, rerank, k)
+        assert not bool(unresolved.any()) and top.shape[1] >= rerank
+    tied = torch.full((4, 128), 3.0, dtype=torch.bfloat16)  # every winner equal: unresolvable
+    assert bool(winners_within_rounding(tied, 20, 10)[2].all())

@@ -10,6 +10,7 @@ from peakknn import PartitionedIndex, PartitionSettings
 from peakknn.data import clustered
 from peakknn.evaluation import recall
 from peakknn.partitioned import calibration
+from peakknn.partitioned.settings import partitions_for
 
 
 def test_probe_ladder_rises_to_the_partition_count():
@@ -92,3 +93,54 @@ def test_recall_target_errors_and_growth():
     assert compressed.recall_curves  # measured at training, before the vectors were dropped
     with pytest.raises(ValueError, match="compressed-only"):
         compressed.calibrate()
+
+
+def test_recall_target_with_too_few_rows_searches_every_partition():
+    index = PartitionedIndex(4, settings=PartitionSettings(partitions=1, train_size=None))
+    index.add(torch.randn(2, 4))
+    index.train()
+    assert index.probe_for(0.9) == 1 and index.recall_curves == {}
+    assert index.search(torch.randn(3, 4), 1, recall_target=0.9).ids.shape == (3, 1)
+
+
+def test_searches_with_a_target_survive_concurrent_training():
+    import threading
+
+    x, q = held_out("ip", 0.5, n=1000)
+    index = PartitionedIndex(32, settings=PartitionSettings(partitions=8, train_size=None))
+    index.add(x)
+    index.train()
+    errors, done = [], threading.Event()
+
+    def trainer():
+        for _ in range(3):  # each training leaves the curves stale: the next target search measures again
+            index.train()
+
+    t = threading.Thread(target=trainer)
+    t.start()
+    try:
+        for _ in range(4):
+            try:
+                assert index.search(q[:20], 5, recall_target=0.9).ids.shape == (20, 5)
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(e)
+    finally:
+        done.set()
+        t.join()
+    assert not errors, errors[:2]
+
+
+def test_default_partitions_are_derived_again_at_every_training(tmp_path):
+    x = torch.randn(6000, 8)
+    index = PartitionedIndex(8, settings=PartitionSettings(train_size=None))
+    index.add(x[:100])
+    index.train()
+    small = index.settings.partitions
+    index.add(x[100:])
+    index.train()
+    assert small < index.settings.partitions == partitions_for(6000)
+    index.save(tmp_path / "i")
+    loaded = PartitionedIndex.load(tmp_path / "i")
+    loaded.add(torch.randn(20_000, 8))
+    loaded.train()
+    assert loaded.settings.partitions == partitions_for(26_000)

@@ -69,7 +69,8 @@ def winners_within_rounding(best: torch.Tensor, rerank: int, k: int) -> tuple[to
     rounding of each other share bins, and a bin's winner is a toss-up), is `unresolved`: its
     neighbours are closer together than the scan dtype's rounding (e.g. tight clusters far from
     the data's mean). Measured share of the bins within 2 ulps at bins = 128 (docs/ALGORITHMS.md):
-    0.08-0.16 on Gaussian, offset and anisotropic data, 0.46-1.0 on tight clusters.
+    0.08-0.16 on Gaussian, offset and anisotropic data, 0.46-1.0 on tight clusters (the top 10,
+    0.08 of them, included; beyond the k-th they are counted).
     """
     bins = best.shape[1]
     nq = best.shape[0]
@@ -80,10 +81,12 @@ def winners_within_rounding(best: torch.Tensor, rerank: int, k: int) -> tuple[to
     top, at = torch.topk(best, deep, dim=1)
     kth = top[:, k - 1 : k].float()
     ulp = torch.finfo(best.dtype).eps * torch.exp2(torch.floor(torch.log2(kth.abs().clamp_min(torch.finfo(torch.float32).tiny))))
-    keep = top.float() >= kth - ROUNDING_ULPS * ulp
+    near = top.float() >= kth - ROUNDING_ULPS * ulp  # winners the rounding cannot tell from the k-th
+    keep = near.clone()
     keep[:, :rerank] = True
     within = keep.sum(1)
-    unresolved = (keep[:, -1] & (deep < bins) & (top[:, -1] > float("-inf"))) | (within > bins * UNRESOLVED_FRACTION)
+    crowded = near[:, k:].sum(1) > bins * UNRESOLVED_FRACTION  # beyond the k-th: the ones it may lose to
+    unresolved = (near[:, -1] & (deep < bins) & (top[:, -1] > float("-inf"))) | crowded
     depth = int(within.max())
     top, at = top[:, :depth], at[:, :depth]
     return top.masked_fill(~keep[:, :depth], float("-inf")), at, unresolved

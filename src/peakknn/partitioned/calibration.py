@@ -28,6 +28,7 @@ import torch
 from ..evaluation import exact_search
 
 QUERIES = 500  # sample queries per calibration
+MIN_ROWS = 3  # a curve needs a query, its own row and a neighbour
 KS = (10, 100)  # the k a curve is measured for (a search uses the curve of the nearest k >= its own)
 CALIBRATE_GROWTH = 4  # re-measure once the index holds this many times the rows it was measured on
 STOP_RECALL = 0.999  # the ladder stops once this recall is reached ...
@@ -86,9 +87,9 @@ def measure(index, x: torch.Tensor, row_ids: np.ndarray, ks=KS, queries: int = Q
     computed over them). Probes are climbed until every curve reaches STOP_RECALL.
     """
     n = x.shape[0]
-    ks = [k for k in ks if k < n - 1] or [max(1, n - 2)]
-    if n < 3:
+    if n < MIN_ROWS:
         return {}
+    ks = [k for k in ks if k < n - 1] or [max(1, n - 2)]
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n, size=min(queries, n), replace=False))
     q = x[torch.from_numpy(pick).to(x.device)]

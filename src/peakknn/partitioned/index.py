@@ -21,6 +21,7 @@ remove cost O(batch) and show in the next search; nothing is rebuilt.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -64,6 +65,7 @@ class PartitionedIndex:
             raise TypeError(f"settings must be a PartitionSettings, got {type(self.settings).__name__}")
         if not isinstance(self.search_settings, SearchSettings):
             raise TypeError(f"search_settings must be a SearchSettings, got {type(self.search_settings).__name__}")
+        self._auto_partitions = self.settings.partitions is None  # derived again at every training
         if self.settings.codes == "pq4":
             check_block_dims(self.dim, self.settings.block_dims)
         if isinstance(self.settings.scan_dims, int) and self.settings.scan_dims > self.dim:
@@ -76,6 +78,7 @@ class PartitionedIndex:
         self._scratch = scan.Scratch()
         self._trained: training.Trained | None = None  # centres, codec, projection, probe gaps
         self._curves: dict[int, calibration.RecallCurve] = {}  # recall per probe, per k (calibration)
+        self._curves_stale = False  # True from a training until the curves are measured again
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -184,8 +187,12 @@ class PartitionedIndex:
                 raise ValueError("no rows to train on: pass a sample or add vectors first")
         else:
             x = self._prepare(sample, "sample")
-        self.settings = self.settings.for_rows(max(len(self), x.shape[0]))
-        self._set_trained(training.fit(x, self.settings, self.metric, self.search_settings.probe))
+        settings = self.settings
+        if self._auto_partitions:
+            settings = dataclasses.replace(settings, partitions=None).for_rows(max(len(self), x.shape[0]))
+        trained = training.fit(x, settings, self.metric, self.search_settings.probe)
+        self.settings = settings  # only once training has succeeded
+        self._set_trained(trained)
         slots = self._slots.live_slots()
         self._place(slots, self._vectors[slots])
         if not self.settings.keep_vectors:  # measured now, while the vectors are still here
@@ -209,6 +216,7 @@ class PartitionedIndex:
         x = self._vectors[torch.from_numpy(slots).to(self.device)]
         ids = self._slots.slot_ids[torch.from_numpy(slots)].numpy()
         self._curves = calibration.measure(self, x, ids, seed=self.settings.seed)
+        self._curves_stale = False
 
     @property
     def recall_curves(self) -> dict[int, tuple[list[int], list[float]]]:
@@ -219,7 +227,7 @@ class PartitionedIndex:
     def _set_trained(self, trained: training.Trained) -> None:
         """Adopt what training learned, with empty partitions (the caller places the rows)."""
         self._trained = trained
-        self._curves = {}
+        self._curves_stale = True  # curves (if any) describe the old partitions until measured again
         self._entries.reset(self.settings, self.dim, self.scan_dims, self.device, self._copies)
 
     # ----------------------------------------------------------------- updates
@@ -285,23 +293,35 @@ class PartitionedIndex:
         probed partitions.
         """
         if recall_target is not None and probe is None and self._calibration_due():
-            with self._lock.write():  # measure the curves (once: the others wait, then find them)
+            with self._lock.write():  # measure the curves once (the others wait, then find them) ...
                 if self._calibration_due():
                     self._calibrate()
+                probe = self.probe_for(recall_target, check_k(k))  # ... and read the probe off them here,
+            recall_target = None  # so that a training in between cannot leave this search without one
         with self._lock.read():
             return self._search(queries, k, recall_target=recall_target, probe=probe, rerank=rerank, adaptive=adaptive, allowed_ids=allowed_ids, max_memory=max_memory)
 
     def _calibration_due(self) -> bool:
-        """Trained with vectors, and no curves yet or curves measured on a CALIBRATE_GROWTH-fold smaller index."""
-        if not self.is_trained or not self.settings.keep_vectors or len(self) == 0:
+        """Trained with vectors and rows enough to measure (calibration.MIN_ROWS), and no curves
+        yet, curves from before the last training (kept meanwhile, so that a search that finds
+        them between a training and the next calibration still has a probe), or curves measured
+        on a CALIBRATE_GROWTH-fold smaller index."""
+        if not self.is_trained or not self.settings.keep_vectors or len(self) < calibration.MIN_ROWS:
             return False
-        return not self._curves or len(self) >= calibration.CALIBRATE_GROWTH * max(c.rows for c in self._curves.values())
+        if not self._curves or self._curves_stale:
+            return True
+        return len(self) >= calibration.CALIBRATE_GROWTH * max(c.rows for c in self._curves.values())
 
     def probe_for(self, recall_target: float, k: int = 10) -> int:
         """The probe a search with this recall_target and k uses (from `recall_curves`)."""
         target = check_recall_target(recall_target)
+        if not self._curves and self.is_trained and len(self) < calibration.MIN_ROWS:
+            return self.settings.partitions  # too few rows to measure a curve: search them all
         if not self._curves:
-            raise ValueError("the index has no recall calibration (untrained, or loaded from an older file): call calibrate() first, or pass probe=")
+            raise ValueError(
+                "the index has no recall calibration (untrained, compressed-only and trained before its rows "
+                "were added, or loaded from an older file): call calibrate() (needs the vectors), or pass probe="
+            )
         return calibration.probe_for(calibration.curve_for(self._curves, check_k(k)), target)
 
     def _search(self, queries, k, *, recall_target=None, probe=None, rerank=None, adaptive=None, allowed_ids=None, max_memory=DEFAULT_MEMORY) -> SearchResult:

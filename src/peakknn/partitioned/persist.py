@@ -69,6 +69,7 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
         "settings": dataclasses.asdict(index.settings),
         "search_settings": dataclasses.asdict(index.search_settings),
         "trained": index.is_trained,
+        "auto_partitions": index._auto_partitions,
         "count": len(index),
         "next_id": index._slots.next_id,
     }
@@ -88,6 +89,7 @@ def load(cls, path, device):
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (dim, count, next_id)) or metric not in METRICS:
         raise ValueError(f"{where}: bad dim/count/next_id/metric in manifest")
     index = cls(dim, metric=metric, settings=settings, search_settings=search_settings, device=device)
+    index._auto_partitions = bool(manifest.get("auto_partitions", settings.partitions is None))  # absent before 0.2
     ids = check_array(arrays, "ids", torch.int64, (count,), where).numpy()
     if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size or ids.max() >= next_id):
         raise ValueError(f"{where}: ids must be unique, non-negative and below next_id")
@@ -153,6 +155,7 @@ def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None,
     index._set_trained(Trained(centres=centres.to(index.device), codec=codec, projection=projection, probe_gaps=gaps, frame=frame))
     if "recall_curves" in arrays:  # absent from files written before calibration
         index._curves = calibration.curves_from_array(arrays["recall_curves"], where)
+        index._curves_stale = False
     slots = index._take_slots(count)
     index._slots.assign(slots, ids)
     if vectors is not None:

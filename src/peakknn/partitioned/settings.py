@@ -18,7 +18,7 @@ GAP_COLUMNS = 256  # adaptive probe: the most partitions its calibration plans f
 ADAPTIVE_SPREAD = 2  # adaptive probe: one query searches at most this many times `probe` partitions
 PARTITIONS_PER_SQRT_N = 2  # partitions=None: about this many times sqrt(n) (docs/ALGORITHMS.md: the table over data sets)
 MIN_PARTITION_ROWS = 32  # ... while each partition keeps at least this many rows
-AUTO_TRAIN_SIZE = 16384  # partitions=None: train automatically at this many rows (or on a larger first add)
+AUTO_TRAIN_SIZE = 10240  # partitions=None: train automatically at this many rows (or on a larger first add); 0.1.0 trained its 256 at 10,240
 
 
 def partitions_for(n: int) -> int:

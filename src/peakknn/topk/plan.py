@@ -17,7 +17,8 @@ def plan_bins(n: int, k: int, recall_target: float, per_bin: int = 1, *, confide
     confidence None: L is `bins_for_recall(k, recall_target, per_bin=per_bin)`, so the expected
     recall is >= recall_target. confidence c (per_bin = 1): L is `bins_for_confidence(k,
     recall_target, confidence=c)`, so each query's recall is >= recall_target with probability
-    c. Either is rounded up to a multiple of BIN_ALIGN.
+    c, and at least the expectation's L, so the mean recall is >= recall_target too. Either is
+    rounded up to a multiple of BIN_ALIGN.
     """
     if recall_target >= 1.0 or k >= n:
         return None
@@ -26,7 +27,8 @@ def plan_bins(n: int, k: int, recall_target: float, per_bin: int = 1, *, confide
     else:
         if per_bin != 1:
             raise ValueError(f"a recall confidence needs per_bin=1, got {per_bin}")
-        bins = _bins_for_confidence(k, recall_target, confidence)
+        # both: a per-query statement alone lets small k (few recall values) fall below the mean
+        bins = max(bins_for_recall(k, recall_target), _bins_for_confidence(k, recall_target, confidence))
     bins = round_up(bins, BIN_ALIGN)
     if n < EXACT_RATIO * bins * per_bin:
         return None

@@ -78,13 +78,13 @@ def bins_for_confidence(k: int, recall_target: float, *, confidence: float = 0.9
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
     need = math.ceil(k * target - 1e-9)  # bins that must be occupied
+    if need <= 1:
+        return 1
 
     def enough(bins: int) -> bool:
         return float(recall_distribution(k, bins)[need:].sum()) >= confidence
 
-    if need <= 1 or enough(k):
-        return k if need > 1 else 1
-    lo, hi = k, 2 * k  # invariant: not enough(lo)
+    lo, hi = need - 1, need  # invariant: not enough(lo) (fewer bins than need cannot hold need rows)
     while not enough(hi):
         lo, hi = hi, hi * 2
         if hi > 1 << 40:
