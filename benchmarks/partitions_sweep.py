@@ -14,15 +14,16 @@ import argparse
 
 import torch
 
-from peakknn.bench import THRESHOLDS, cpu_model, sweep, with_truth
+from peakknn.bench import THRESHOLDS, best_point, cpu_model, sweep, with_truth
 from peakknn.data import load_hdf5
 from peakknn.partitioned.settings import partitions_for
 from peakknn.peers import PeakPartitioned, default_probes
 
 
 def best(points, method, threshold):
-    qps = [p["qps"] for p in points if p["method"] == method and p["recall"] >= threshold]
-    return max(qps) if qps else 0.0
+    """Best q/s of method at recall >= threshold (0 where no setting reached it)."""
+    point = best_point(points, method, threshold)
+    return 0.0 if point is None else point["qps"]
 
 
 def main() -> None:

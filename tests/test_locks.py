@@ -19,23 +19,21 @@ def test_readers_share_and_writers_exclude():
     counter = {"readers": 0, "writers": 0}
     guard = threading.Lock()
 
-    def reader():
-        with lock.read():
-            with guard:
-                counter["readers"] += 1
-                seen.append(("r", counter["readers"], counter["writers"]))
-            time.sleep(0.02)
-            with guard:
-                counter["readers"] -= 1
+    def holder(hold, role, seconds):
+        """Hold the lock through `hold` (lock.read or lock.write) for `seconds`, counted as `role`."""
 
-    def writer():
-        with lock.write():
-            with guard:
-                counter["writers"] += 1
-                seen.append(("w", counter["readers"], counter["writers"]))
-            time.sleep(0.01)
-            with guard:
-                counter["writers"] -= 1
+        def run():
+            with hold():
+                with guard:
+                    counter[role] += 1
+                    seen.append((role[0], counter["readers"], counter["writers"]))
+                time.sleep(seconds)
+                with guard:
+                    counter[role] -= 1
+
+        return run
+
+    reader, writer = holder(lock.read, "readers", 0.02), holder(lock.write, "writers", 0.01)
 
     threads = [threading.Thread(target=reader) for _ in range(6)] + [threading.Thread(target=writer) for _ in range(3)]
     for t in threads:

@@ -10,9 +10,10 @@ one row each (times: median of `repeat` runs of the whole query batch), with roo
 ceilings (bf16 for peakknn rows, fp32 for exact methods), the achieved % of it and the term
 that sets it (matrix, memory or vector).
 
-With --partitioned: the recall / queries-per-second curve of a PartitionedIndex (probes given,
-or `peers.default_probes`) next to every installed peer of BENCH_PEERS, each swept over its own
-knob (`sweep`); the table gives each method's best q/s at recall >= 0.90 / 0.95 / 0.99.
+With --partitioned: the recall / queries-per-second curve of a PartitionedIndex (swept over
+`peers.PeakPartitioned.TARGETS` of recall_target, or over the probes given) next to every
+installed peer of BENCH_PEERS, each swept over its own knob (`sweep`); the table gives each
+method's best q/s at recall >= 0.90 / 0.95 / 0.99 (`best_point`).
 
 Memory MiB: the index's own accounting (`peers` module docstring), else the growth of the
 process's resident set over the build (marked "rss"). Both modes write the table (.md) and the
@@ -193,6 +194,11 @@ def sweep(methods: list[Method], ds: Dataset, k: int, repeat: int, rounds: int =
     return list(points.values())
 
 
+def best_point(points: list[dict], method: str, threshold: float) -> dict | None:
+    """The point of `method` with the most q/s among those at recall >= threshold (None: none)."""
+    return max((p for p in points if p["method"] == method and p["recall"] >= threshold), key=lambda p: p["qps"], default=None)
+
+
 def best_table(points: list[dict], title: str) -> str:
     """Per method: best q/s at recall >= each of THRESHOLDS (with its setting), build s, memory."""
     head = " | ".join(f"q/s @ recall >= {t:.2f}" for t in THRESHOLDS)
@@ -201,7 +207,7 @@ def best_table(points: list[dict], title: str) -> str:
         mine = [p for p in points if p["method"] == m]
         cells = []
         for t in THRESHOLDS:
-            best = max((p for p in mine if p["recall"] >= t), key=lambda p: p["qps"], default=None)
+            best = best_point(mine, m, t)
             if best is None:
                 cells.append("–")
             else:

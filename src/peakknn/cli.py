@@ -29,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--partitioned", nargs="?", const="auto", type=_probes, metavar="PROBES",
         help="instead: the recall / q/s curve of a PartitionedIndex next to every installed peer (ScaNN, FAISS IVF-PQ, "
-        "hnswlib, usearch, FAISS flat), each over its own sweep; PROBES: comma-separated numbers of partitions "
-        "searched per query (default: 1, 2, 3, 4, 6, 8, ... up to a quarter of the partitions)",
+        "hnswlib, usearch, FAISS flat), each over its own sweep; the PartitionedIndex over recall_target 0.8 ... "
+        "0.995 (its probe from the recall curve it measures), or with PROBES over these comma-separated numbers "
+        "of partitions searched per query",
     )  # fmt: skip
     b.add_argument("--rounds", type=int, default=3, help="--partitioned: sweeps of all methods, interleaved (q/s: median over rounds; default: %(default)s)")
     b.add_argument("--codes", choices=["bf16", "int8", "pq4"], default=None, help="codes of the partitioned index (default: PartitionSettings' default)")

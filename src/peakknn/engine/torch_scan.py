@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 
 from .plan import CHUNK_COLUMNS, ScanPlan
+from .table import Table, in_frame
 
 ROUNDING_ULPS = 2.0  # winners this close (in the scan dtype's units in the last place) to the k-th are re-scored
 DEEPEST_RERANK = 8  # ... up to this multiple of the planned rerank
 UNRESOLVED_FRACTION = 0.25  # more winners than this share of the bins within rounding: bins hide rows too (fp32 scan)
-from .table import Table, in_frame
 
 
 def scan_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

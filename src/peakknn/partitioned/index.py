@@ -36,7 +36,7 @@ from ..engine.rescore import finish
 from ..engine.table import prepare_rows, rank_bias
 from ..quant.codes import check_block_dims
 from . import calibration, persist, scan, training
-from .settings import ADAPTIVE_SPREAD, PartitionSettings, SearchSettings
+from .settings import ADAPTIVE_SPREAD, PartitionSettings, SearchSettings, partitions_for
 from .storage import Entries
 
 
@@ -189,7 +189,7 @@ class PartitionedIndex:
             x = self._prepare(sample, "sample")
         settings = self.settings
         if self._auto_partitions:
-            settings = dataclasses.replace(settings, partitions=None).for_rows(max(len(self), x.shape[0]))
+            settings = dataclasses.replace(settings, partitions=partitions_for(max(len(self), x.shape[0])))
         trained = training.fit(x, settings, self.metric, self.search_settings.probe)
         self.settings = settings  # only once training has succeeded
         self._set_trained(trained)

@@ -97,13 +97,6 @@ class PartitionSettings:
         positive_int("iters", self.iters)
 
 
-    def for_rows(self, n: int) -> "PartitionSettings":
-        """These settings with partitions=None made concrete for an index trained on n rows."""
-        if self.partitions is not None:
-            return self
-        return dataclasses.replace(self, partitions=partitions_for(n))
-
-
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
     """How a search runs (the index's defaults; each search may override).

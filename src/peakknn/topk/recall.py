@@ -84,18 +84,8 @@ def bins_for_confidence(k: int, recall_target: float, *, confidence: float = 0.9
     def enough(bins: int) -> bool:
         return float(recall_distribution(k, bins)[need:].sum()) >= confidence
 
-    lo, hi = need - 1, need  # invariant: not enough(lo) (fewer bins than need cannot hold need rows)
-    while not enough(hi):
-        lo, hi = hi, hi * 2
-        if hi > 1 << 40:
-            raise ValueError(f"recall_target {target} is out of reach for k={k} at confidence {confidence}")
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if enough(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    # fewer bins than `need` cannot hold `need` rows: need - 1 is not enough
+    return _first_enough(enough, need - 1, need, 1 << 40, f"recall_target {target} is out of reach for k={k} at confidence {confidence}")
 
 
 def bins_for_recall(k: int, recall_target: float, *, per_bin: int = 1) -> int:
@@ -112,14 +102,21 @@ def bins_for_recall(k: int, recall_target: float, *, per_bin: int = 1) -> int:
         return lo
     if target >= 1.0:
         raise ValueError(f"recall_target 1.0 needs an exact top-k (k={k} > per_bin={per_bin})")
-    hi = lo
-    while expected_recall(k, hi, per_bin=per_bin) < target:
+    return _first_enough(
+        lambda bins: expected_recall(k, bins, per_bin=per_bin) >= target, lo, lo, 1 << 62, f"recall_target {target} is too close to 1 for k={k}"
+    )
+
+
+def _first_enough(enough, lo: int, hi: int, limit: int, message: str) -> int:
+    """Smallest L > lo with enough(L), for a predicate that stays true once true and is false at
+    lo: doubles hi until enough(hi) (ValueError(message) past `limit`), then bisects."""
+    while not enough(hi):
         lo, hi = hi, hi * 2
-        if hi > 1 << 62:
-            raise ValueError(f"recall_target {target} is too close to 1 for k={k}")
-    while hi - lo > 1:  # invariant: recall(lo) < target <= recall(hi)
+        if hi > limit:
+            raise ValueError(message)
+    while hi - lo > 1:  # invariant: not enough(lo), enough(hi)
         mid = (lo + hi) // 2
-        if expected_recall(k, mid, per_bin=per_bin) >= target:
+        if enough(mid):
             hi = mid
         else:
             lo = mid
