@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+import peakknn
+
 from peakknn import Index
 from peakknn.engine.plan import plan_scan
 from peakknn.evaluation import exact_rank, recall_with_ties
@@ -164,8 +166,12 @@ def test_bad_input_leaves_index_unchanged(call, err):
 
 
 def test_empty_index_and_bad_settings():
-    with pytest.raises(ValueError, match="empty"):
-        Index(4).search(torch.randn(1, 4), 1)
+    for metric, filler in (("ip", float("-inf")), ("l2", float("inf"))):  # as search() on 0 rows
+        got = Index(4, metric=metric).search(torch.randn(2, 4), 3)
+        want = peakknn.search(torch.randn(2, 4), torch.zeros(0, 4), 3, metric=metric)
+        assert torch.equal(got.ids, want.ids) and (got.ids == -1).all() and (got.scores == filler).all()
+    with pytest.raises(ValueError, match="queries"):  # queries are still checked
+        Index(4).search(torch.randn(1, 5), 1)
     for kwargs in ({"metric": "manhattan"}, {"precision": "int4"}, {"recall_target": 0.0}):
         with pytest.raises(ValueError):
             Index(4, **kwargs)

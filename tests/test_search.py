@@ -119,7 +119,10 @@ def test_bounded_memory_still_correct():
     (lambda: search(torch.randn(2, 4), torch.randn(10, 4), 1, metric="hamming"), ValueError),
     (lambda: search(torch.randn(2, 4), torch.randn(10, 4), 1, precision="int3"), ValueError),
     (lambda: search(torch.randn(2, 4), torch.zeros(10, 4), 1, metric="cos"), ValueError),
-    (lambda: search(torch.randn(2, 4), [[1.0] * 4], 1), TypeError),
+    (lambda: search(torch.randn(2, 4), [[1.0] * 4, [1.0] * 3], 1), ValueError),  # ragged
+    (lambda: search(torch.randn(2, 4), [[True] * 4], 1), TypeError),
+    (lambda: search(torch.randn(2, 4), [["a"] * 4], 1), TypeError),
+    (lambda: search(torch.randn(2, 4), {1.0, 2.0}, 1), TypeError),
     (lambda: search(np.ones((2, 4), dtype=np.int32), torch.randn(10, 4), 1), TypeError),
 ])  # fmt: skip
 def test_bad_input(call, err):

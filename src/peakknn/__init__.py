@@ -5,6 +5,7 @@
     result = peakknn.search(queries, database, k=10, metric="l2", precision="bf16")
     index = peakknn.Index(128, metric="cos"); index.add(vectors); index.search(queries, 10)
     big = peakknn.PartitionedIndex(128, settings=peakknn.PartitionSettings(codes="pq4")); big.add(vectors)
+    index = peakknn.load("saved.index")   # an Index or a PartitionedIndex, as saved
 
 Importing peakknn starts no CUDA and loads no optional dependency. The layers, and where each
 piece lives, are described in docs/ARCHITECTURE.md.
@@ -13,8 +14,9 @@ piece lives, are described in docs/ARCHITECTURE.md.
 from ._types import SearchResult
 from .index import Index
 from .partitioned import PartitionedIndex, PartitionSettings, SearchSettings
+from .saved import load
 from .search import search
 from .topk import approx_topk, bins_for_recall, expected_recall
 
 __version__ = "0.1.0"
-__all__ = ["Index", "PartitionSettings", "PartitionedIndex", "SearchResult", "SearchSettings", "approx_topk", "bins_for_recall", "expected_recall", "search"]
+__all__ = ["Index", "PartitionSettings", "PartitionedIndex", "SearchResult", "SearchSettings", "approx_topk", "bins_for_recall", "expected_recall", "load", "search"]

@@ -15,18 +15,25 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 def as_matrix(name: str, value, dim: int | None = None, *, allow_1d: bool = True) -> torch.Tensor:
     """Return `value` as a float tensor of shape [m, d] (a 1-d vector becomes [1, d]).
 
-    Accepts torch tensors and numpy arrays of a floating dtype; raises TypeError for other types
-    or dtypes and ValueError for wrong shapes, a mismatched `dim`, or NaN/inf entries.
-    The result shares memory with the input where possible; callers copy before storing.
+    Accepts torch tensors and numpy arrays of a floating dtype (with or without gradients: the
+    result is detached) and nested lists / tuples of numbers (as float64); raises TypeError for
+    other types or dtypes (integers and bools included) and ValueError for wrong or ragged shapes,
+    a mismatched `dim`, or NaN/inf entries. The result shares memory with the input where
+    possible; callers copy before storing.
     """
+    if isinstance(value, (list, tuple)):
+        value = _list_matrix(name, value)
     if isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.floating):
             raise TypeError(f"{name} must have a floating dtype, got numpy {value.dtype}")
+        if value.dtype.itemsize > 8:  # torch has no float128
+            value = value.astype(np.float64)
         value = torch.from_numpy(np.ascontiguousarray(value))
     elif not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, numpy.ndarray or nested list, got {type(value).__name__}")
     if value.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating dtype, got {value.dtype}")
+    value = value.detach()  # search results need no gradient (approx_topk keeps them)
     if value.ndim == 1 and allow_1d:
         value = value.unsqueeze(0)
     if value.ndim != 2:
@@ -40,6 +47,41 @@ def as_matrix(name: str, value, dim: int | None = None, *, allow_1d: bool = True
     if value.dtype == torch.float64 and value.numel() and float(value.abs().max()) > FLOAT32_MAX:
         raise ValueError(f"{name} has values beyond the float32 range (|x| > {FLOAT32_MAX:.3g}); peakknn stores float32")
     return value
+
+
+def _list_matrix(name: str, value) -> np.ndarray:
+    """A nested list / tuple of real numbers (not bools) as a float64 numpy array."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError) as e:  # ragged rows, numbers numpy cannot hold
+        raise ValueError(f"{name} must be a rectangular nested list of numbers: {e}") from None
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.number) or arr.size == 0):
+        raise TypeError(f"{name} must hold real numbers, got a list of {arr.dtype if arr.dtype != object else 'mixed objects'}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got complex")
+    return arr.astype(np.float64)
+
+
+def is_numpy(value) -> bool:
+    """True for numpy input: the public searches answer it with numpy results."""
+    return isinstance(value, np.ndarray)
+
+
+def check_device(value) -> torch.device:
+    """`value` as a torch.device that this torch can use; ValueError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (str, torch.device, int)):
+        raise TypeError(f"device must be a str, int or torch.device, got {type(value).__name__}")
+    try:
+        device = torch.device(value)
+    except RuntimeError as e:
+        raise ValueError(f"device={value!r} is not a device name: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={value!r}: this torch has no usable CUDA device (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={value!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={value!r}: peakknn runs on 'cpu' or 'cuda' devices")
+    return device
 
 
 def check_int(name: str, value, low: int = 1, high: int | None = None, *, type_error: type = TypeError) -> int:
@@ -92,23 +134,18 @@ def check_per_bin(per_bin) -> int:
 
 def as_ids(name: str, value, count: int | None = None, *, storable: bool = True) -> np.ndarray:
     """Return ids as a 1-d int64 numpy array (copy); rejects non-integers and duplicates, and
-    (storable) ids above MAX_ID."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
+    (storable) ids above MAX_ID. Accepts tensors, arrays, lists, tuples, ranges and a single
+    int; without `count` (ids not tied to rows) also any iterable such as a set."""
+    arr = _integer_array(name, value, ordered=count is not None)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-d, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=True)
     if count is not None and arr.shape[0] != count:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {count} vectors")
     if arr.size and (arr < 0).any():
         raise ValueError(f"{name} must be non-negative, got {int(arr[arr < 0][0])}")
-    if storable and arr.size and arr.max() > MAX_ID:
-        raise ValueError(f"{name} must be <= 2**63 - 2 (the next automatic id must fit in int64), got {int(arr.max())}")
+    if arr.size and (arr.dtype == object or (storable and arr.max() > MAX_ID)):  # object: ints beyond int64
+        raise ValueError(f"{name} must be <= 2**63 - 2 (the next automatic id must fit in int64), got {int(max(arr))}")
+    arr = arr.astype(np.int64, copy=True)
     if np.unique(arr).size != arr.size:
         values, counts = np.unique(arr, return_counts=True)
         raise ValueError(f"{name} contains duplicates, e.g. {int(values[counts > 1][0])}")
@@ -116,11 +153,48 @@ def as_ids(name: str, value, count: int | None = None, *, storable: bool = True)
 
 
 def as_id_set(name: str, value) -> np.ndarray:
-    """Return a set of ids (a filter) as a sorted, unique 1-d int64 numpy array; repeats are
-    allowed, and ids that no index can hold (above MAX_ID) are simply never matched."""
+    """Return a set of ids (a filter: any iterable of ints) as a sorted, unique 1-d int64 numpy
+    array; repeats are allowed, and ids that no index can hold (above MAX_ID) are simply never
+    matched."""
+    arr = _integer_array(name, value, ordered=False)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-d, got shape {arr.shape}")
+    if arr.size and (arr < 0).any():
+        raise ValueError(f"{name} must be non-negative, got {int(arr[arr < 0][0])}")
+    if arr.dtype == object:  # Python ints beyond int64: never stored, so never matched
+        arr = np.array([int(v) for v in arr if int(v) <= MAX_ID], dtype=np.int64)
+    return as_ids(name, np.unique(arr), storable=False)
+
+
+def _integer_array(name: str, value, *, ordered: bool) -> np.ndarray:
+    """ids as a numpy integer array (0-d becomes 1-d); object dtype only for Python ints beyond
+    int64. TypeError for anything that is not integers (floats, bools, strings)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    return as_ids(name, np.unique(np.asarray(value)), storable=False)
+    elif isinstance(value, (set, frozenset, dict)) or not isinstance(value, (np.ndarray, list, tuple, range, numbers.Integral, np.generic)):
+        if not ordered and hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict)):
+            value = list(value)
+        else:
+            what = "an ordered sequence, one per vector" if ordered else "ints or an iterable of ints"
+            raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError) as e:
+        raise ValueError(f"{name} must be a flat sequence of ints: {e}") from None
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64) if arr.ndim == 1 else arr.astype(np.int64)
+    if arr.dtype == object:
+        odd = [v for v in arr.reshape(-1) if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+        if odd:
+            raise TypeError(f"{name} must be integers, got {odd[0]!r}")
+        return arr
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        return arr.astype(object)
+    return arr
 
 
 def check_array(arrays: dict, name: str, dtype: torch.dtype, shape: tuple | None, where) -> torch.Tensor:

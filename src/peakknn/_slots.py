@@ -53,6 +53,12 @@ class SlotStore:
         """i64 slots of ids (-1 where absent)."""
         return self._ids.lookup(ids)
 
+    def contains(self, id_) -> bool:
+        """True when the int `id_` is stored (False for anything that is not an int id)."""
+        if isinstance(id_, bool) or not isinstance(id_, (int, np.integer)) or not 0 <= id_ <= MAX_ID:
+            return False
+        return bool(self.lookup(np.array([int(id_)], dtype=np.int64))[0] >= 0)
+
     def ids(self) -> np.ndarray:
         """i64 ids stored, ascending."""
         return self._ids.items()[0]

@@ -38,14 +38,15 @@ def check_metric(metric: MetricLike) -> MetricLike:
     return metric
 
 
-def scan_dtype(precision: Union[PrecisionLike, torch.dtype]) -> torch.dtype:
-    """Map a precision name ("fp32"/"bf16") or torch dtype to the dtype scores are computed in."""
+def scan_dtype(precision: Union[PrecisionLike, torch.dtype], name: str = "precision") -> torch.dtype:
+    """Map a precision name ("fp32"/"bf16") or torch dtype to the dtype scores are computed in;
+    ValueError naming the parameter `name` otherwise."""
     if isinstance(precision, torch.dtype):
         if precision in (torch.float32, torch.bfloat16):
             return precision
-        raise ValueError(f"precision must be float32 or bfloat16, got {precision}")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        raise ValueError(f"{name} must be torch.float32 or torch.bfloat16, got {precision}")
+    if not isinstance(precision, str) or precision not in _PRECISIONS:
+        raise ValueError(f"{name} must be 'fp32' or 'bf16', got {precision!r}")
     return _PRECISIONS[precision]
 
 
@@ -72,14 +73,25 @@ class SearchResult:
                         computed exactly in fp32 for the returned ids.
     ids:    i64[nq, k]  ids (row numbers for `search`, user ids for `Index.search`); -1 where
                         fewer than k candidates exist, with score -inf (ip/cos) or +inf (l2) there.
+
+    Torch tensors, or numpy arrays where the queries were a numpy array; `numpy()` and
+    `torch()` convert either way.
     """
 
-    scores: torch.Tensor
-    ids: torch.Tensor
+    scores: torch.Tensor | np.ndarray
+    ids: torch.Tensor | np.ndarray
 
     def __iter__(self):  # allows `scores, ids = result`
         yield self.scores
         yield self.ids
+
+    def numpy(self) -> "SearchResult":
+        """The same result as numpy arrays (f32 scores, i64 ids) on the host."""
+        return SearchResult(scores=_to_numpy(self.scores), ids=_to_numpy(self.ids))
+
+    def torch(self) -> "SearchResult":
+        """The same result as torch tensors (numpy arrays are wrapped without a copy)."""
+        return SearchResult(scores=torch.as_tensor(self.scores), ids=torch.as_tensor(self.ids))
 
     def mean_recall(self, expected: VectorsLike) -> float:
         """Mean over queries of |ids[q] ∩ expected[q, :k]| / k, for i64[nq, >=k] true neighbours
@@ -87,3 +99,7 @@ class SearchResult:
         from .evaluation import recall
 
         return recall(self.ids, expected)
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -29,19 +29,24 @@ import torch
 
 from . import _backend, index_persist
 from ._locks import RWLock, reads, writes
-from ._checks import as_id_set, as_ids, check_int, check_k, check_recall_target, positive_int, renamed
+from ._checks import as_id_set, as_ids, check_device, check_int, check_k, check_recall_target, positive_int, renamed
 from ._slots import SlotStore
 from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, precision_name, scan_dtype
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
-from .engine.rescore import finish
+from .engine.rescore import answer, empty_result, finish
 from .engine.table import ScanFrame, prepare_rows, rank_bias, scan_dtype_for, scan_row_width
 
 RECENTRE_SHIFT = 0.25  # re-centre when the mean moved by this share of the rows' rms spread
 FRAME_SAMPLE = 65536  # rows a frame check measures at most
 
 class Index:
-    """A brute-force k-NN index (see module docstring).
+    """A brute-force k-NN index: vectors with int64 ids, exact fp32 re-scoring of a bf16 or fp32
+    scan, with add / upsert / remove / get, `len`, `in`, `ids`, `memory_bytes`, filtered search
+    and save / load (storage details: the `peakknn.index` module).
+
+        index = Index(128, metric="cos"); ids = index.add(vectors)       # -> i64 ids 0, 1, ...
+        result = index.search(queries, k=10, allowed_ids={3, 7})        # SearchResult(scores, ids)
 
     dim: vector dimension; metric: "ip" | "l2" | "cos" (cosine stores unit vectors);
     precision: "bf16" (default; scan in bfloat16, exact fp32 re-scoring) or "fp32" (the former
@@ -61,14 +66,16 @@ class Index:
         seed: int = 0,
         dtype: PrecisionLike | torch.dtype | None = None,
     ):
-        precision = renamed("dtype", dtype, "precision", precision, default="bf16")
+        if dtype is not None:  # the former name: warns (or TypeError with both)
+            precision = renamed("dtype", dtype, "precision", precision, default="bf16")
+        asked = scan_dtype(precision, "dtype" if dtype is not None else "precision")
         self.dim = positive_int("dim", dim)
         self.metric = check_metric(metric)
-        self._precision = precision_name(scan_dtype(precision))  # as asked: what save records
-        self.scan_dtype = scan_dtype_for(scan_dtype(precision), self.dim)
-        self.device = torch.device(device)
+        self._precision = precision_name(asked)  # as asked: what save records
+        self.scan_dtype = scan_dtype_for(asked, self.dim)
+        self.device = check_device(device)
         self.recall_target = check_recall_target(recall_target)
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed, 0)
         self._lock = RWLock()  # searches and saves read, updates write (peakknn._locks)
         self._slots = SlotStore(self.device, placement_seed=self.seed)
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
@@ -82,7 +89,7 @@ class Index:
 
     @reads
     def __contains__(self, id_) -> bool:
-        return bool(self._slots.lookup(np.array([int(id_)]))[0] >= 0)
+        return self._slots.contains(id_)
 
     def __repr__(self) -> str:
         return (
@@ -185,10 +192,10 @@ class Index:
         rerank = renamed("candidates", candidates, "rerank", rerank)
         k = check_k(k)
         target = self.recall_target if recall_target is None else check_recall_target(recall_target)
-        if len(self) == 0:
-            raise ValueError("cannot search an empty index: add vectors first")
         q = self._prepare(queries, "queries")
         backend = _backend.resolve(backend, self.device)
+        if len(self) == 0:  # like `search` on a 0-row database: fillers only
+            return answer(queries, empty_result(q.shape[0], k, self.metric))
         if allowed_ids is None:
             table = _IndexTable(self)
         else:
@@ -202,7 +209,7 @@ class Index:
                 table = _IndexTable(self, subset=slots)
         rank, rows = run_search(table, q.contiguous(), k, self.metric, target, rerank, max_memory, backend)
         result = finish(rank, table.ids_of(rows), self.metric)
-        return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
+        return answer(queries, SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu()))
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:

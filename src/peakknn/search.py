@@ -9,7 +9,7 @@ from ._checks import as_matrix, check_k, check_recall_target, renamed
 from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, scan_dtype
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
-from .engine.rescore import finish
+from .engine.rescore import answer, finish
 from .engine.table import DenseTable, normalize_rows, scan_dtype_for
 
 
@@ -32,8 +32,10 @@ def search(
         result.scores  # f32[nq, k]: inner products / cosines (descending) or squared L2 (ascending)
         result.ids     # i64[nq, k]: row numbers of `database`, -1 where fewer than k rows exist
 
-    queries: float[nq, d] (or [d]); database: float[n, d]; torch tensors or numpy arrays, any
-    floating dtype and strides, on any device (the database's; results stay there).
+    queries: float[nq, d] (or [d]); database: float[n, d]; torch tensors (any floating dtype
+    and strides, with or without gradients: results carry none), numpy arrays or nested lists,
+    on any device (the database's; results stay there). Numpy queries get numpy results
+    (`SearchResult.numpy()` / `.torch()` convert); a 0-row database gives fillers only.
 
     Approximation: the database is scanned in chunks; each chunk's scores are reduced to the best
     per bin (row j -> bin j mod L, L sized from `recall_target` by `bins_for_recall`), so only
@@ -66,4 +68,4 @@ def search(
         x32, q32 = normalize_rows(x32, "database"), normalize_rows(q32, "queries")
     table = DenseTable(x32.contiguous(), metric, scan_dtype_for(dtype, x32.shape[1]))
     rank, slots = run_search(table, q32.contiguous(), k, metric, recall_target, rerank, max_memory, backend)
-    return finish(rank, slots, metric)
+    return answer(queries, finish(rank, slots, metric))

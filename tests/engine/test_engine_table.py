@@ -70,5 +70,7 @@ def test_prepare_rows_gives_f32_rows_on_the_device():
         prepare_rows(torch.ones(2, 4), "queries", 3, "ip", torch.device("cpu"))
     with pytest.raises(ValueError, match="vectors has a zero vector"):
         prepare_rows(torch.zeros(1, 3), "vectors", 3, "cos", torch.device("cpu"))
+    listed = prepare_rows([[1, 2.0, 3.0]], "vectors", 3, "ip", torch.device("cpu"))  # nested lists of numbers
+    assert listed.dtype == torch.float32 and listed.tolist() == [[1.0, 2.0, 3.0]]
     with pytest.raises(TypeError, match="vectors"):
-        prepare_rows([[1.0, 2.0, 3.0]], "vectors", 3, "ip", torch.device("cpu"))
+        prepare_rows([[1.0, "2", 3.0]], "vectors", 3, "ip", torch.device("cpu"))

@@ -72,9 +72,10 @@ def test_curves_are_saved_and_checked(tmp_path):
 def test_recall_target_errors_and_growth():
     x, q = held_out("l2", 0.5, n=8000)
     index = PartitionedIndex(32, metric="l2", settings=PartitionSettings(partitions=16, train_size=1000))
-    with pytest.raises(ValueError, match="not trained"):
-        index.search(q, 5, recall_target=0.9)
-    index.add(x[:1000])
+    assert (index.search(q, 5, recall_target=0.9).ids == -1).all()  # empty: fillers, nothing measured
+    index.add(x[:999])  # untrained: an exact scan, nothing measured
+    assert torch.equal(index.search(q, 5, recall_target=0.9).ids, truth(x[:999], q, 5, "l2")) and index.recall_curves == {}
+    index.add(x[999:1000])
     assert index.recall_curves == {}  # measured by the first search that asks for a recall
     index.search(q, 5, recall_target=0.9)
     first = index._curves[10].rows

@@ -34,11 +34,12 @@ def test_untrained_round_trip_and_auto_training(tmp_path):
     index = PartitionedIndex(32, settings=PartitionSettings(partitions=8, train_size=500))
     index.add(x[:300])
     assert not index.is_trained
-    with pytest.raises(ValueError, match="not trained"):
-        index.search(q, 5)
+    exact_300 = truth(x[:300], q, 5, "ip")
+    assert torch.equal(index.search(q, 5).ids, exact_300)  # untrained: an exact scan of its rows
     index.save(tmp_path / "u")
     loaded = PartitionedIndex.load(tmp_path / "u")
     assert not loaded.is_trained and len(loaded) == 300
+    assert torch.equal(loaded.search(q, 5).ids, exact_300)
     loaded.add(x[300:600])  # crosses train_size: trains itself on the 600 rows
     assert loaded.is_trained and int(loaded.partition_sizes.sum()) == 600 * copies(loaded)
     expected = truth(x[:600], q, 5, "ip")

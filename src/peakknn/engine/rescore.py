@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import is_numpy
 from .._types import SearchResult, is_distance
 from .plan import MAX_QUERY_BLOCK
 
@@ -67,3 +68,14 @@ def finish(rank: torch.Tensor, slot_ids: torch.Tensor, metric: str) -> SearchRes
     ids = slot_ids.masked_fill(missing, -1)
     scores = -rank if is_distance(metric) else rank  # -(-inf) = +inf filler for distances
     return SearchResult(scores=scores.contiguous(), ids=ids.contiguous())
+
+
+def empty_result(nq: int, k: int, metric: str) -> SearchResult:
+    """Fillers only (ids -1, scores -inf / +inf for distances): the answer of an empty index."""
+    rank = torch.full((nq, k), float("-inf"))
+    return finish(rank, torch.zeros(nq, k, dtype=torch.int64), metric)
+
+
+def answer(queries, result: SearchResult) -> SearchResult:
+    """`result` in the kind of the caller's queries: numpy arrays for numpy queries, else tensors."""
+    return result.numpy() if is_numpy(queries) else result

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from .._locks import RWLock, reads, writes
-from .._checks import as_id_set, as_ids, check_k, check_recall_target, positive_int
+from .._checks import as_id_set, as_ids, check_device, check_k, check_recall_target, positive_int
 from .._slots import SlotStore
 from .._types import MetricLike, SearchResult, check_metric
 from ..engine.plan import DEFAULT_MEMORY
-from ..engine.rescore import finish
-from ..engine.table import prepare_rows, rank_bias
+from ..engine.driver import run_search
+from ..engine.rescore import answer, empty_result, finish
+from ..engine.table import DenseTable, prepare_rows, rank_bias
 from ..quant.codes import check_block_dims
 from . import calibration, persist, scan, training
 from .settings import ADAPTIVE_SPREAD, PartitionSettings, SearchSettings, partitions_for
@@ -41,7 +42,15 @@ from .storage import Entries
 
 
 class PartitionedIndex:
-    """A partitioned, optionally compressed index (see module docstring).
+    """A partitioned, optionally compressed index (ScaNN-style: partitions, SOAR spill, bf16 /
+    int8 / 4-bit codes, exact fp32 re-ranking; details: the `peakknn.partitioned.index` module).
+    It trains itself once `settings.train_size` rows are in (or on `train()`); until then a
+    search scans its rows exactly. Ask for recall, not probes: `search(q, k, recall_target=0.95)`
+    reads the probe off a recall curve measured on the index's own rows, because the recall a
+    given probe reaches depends on the data.
+
+        index = PartitionedIndex(384, metric="cos"); index.add(vectors)
+        result = index.search(queries, k=10, recall_target=0.95)
 
     dim: vector dimension; metric: "ip" | "l2" | "cos"; settings: PartitionSettings;
     search_settings: SearchSettings (defaults of `search`); device: "cpu" (CUDA tensors work
@@ -70,7 +79,7 @@ class PartitionedIndex:
             check_block_dims(self.dim, self.settings.block_dims)
         if isinstance(self.settings.scan_dims, int) and self.settings.scan_dims > self.dim:
             raise ValueError(f"scan_dims={self.settings.scan_dims} is more than dim={self.dim}")
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self._lock = RWLock()  # searches and saves read, updates and training write (peakknn._locks)
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)  # rows by slot
         self._slots = SlotStore(torch.device("cpu"))  # slots in order: pages do not depend on them
@@ -94,7 +103,7 @@ class PartitionedIndex:
 
     @reads
     def __contains__(self, id_) -> bool:
-        return bool(self._slots.lookup(np.array([int(id_)]))[0] >= 0)
+        return self._slots.contains(id_)
 
     @property
     @reads
@@ -336,20 +345,32 @@ class PartitionedIndex:
         if adaptive is None:  # the index's setting, where the index has the calibration
             adaptive = self.search_settings.adaptive and self._probe_gaps is not None
         SearchSettings(probe=probe, rerank=rerank, adaptive=adaptive)  # validates
-        if not self.is_trained:
-            raise ValueError(
-                "the index is not trained: call train(sample) or add at least train_size="
-                f"{self.settings.train_size} rows first"
-            )
-        if len(self) == 0:
-            raise ValueError("cannot search an empty index: add vectors first")
         q = self._prepare(queries, "queries")
+        if len(self) == 0:  # like `peakknn.search` on a 0-row database: fillers only
+            return answer(queries, empty_result(q.shape[0], k, self.metric))
+        if not self.is_trained:  # few rows so far (< train_size): an exact scan of them
+            return answer(queries, self._exact_search(q, k, allowed_ids, max_memory))
         probe = min(probe, self.settings.partitions)
         gap = self._gap(probe) if adaptive else None
         considered = probe if gap is None else min(self._probe_gaps.shape[0], ADAPTIVE_SPREAD * probe)
         bias = self._entries.lists.bias if allowed_ids is None else self._filtered_bias(allowed_ids)
         rank, slot = scan.search(self, q, k, considered, gap, self._rerank_depth(k, rerank), bias, max_memory)
         ids = self._slots.slot_ids[slot.cpu()].to(slot.device)
+        result = finish(rank, ids, self.metric)
+        return answer(queries, SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu()))
+
+    def _exact_search(self, q: torch.Tensor, k: int, allowed_ids, max_memory: int) -> SearchResult:
+        """Exact fp32 top-k over the stored vectors (those of allowed_ids): an untrained index."""
+        slots = self._slots.live_slots()
+        if allowed_ids is not None:
+            wanted = self._slots.lookup(as_id_set("allowed_ids", allowed_ids))
+            slots = np.intersect1d(slots, wanted[wanted >= 0])
+        if slots.size == 0:
+            return empty_result(q.shape[0], k, self.metric)
+        slots_t = torch.from_numpy(slots).to(self.device)
+        table = DenseTable(self._vectors[slots_t].contiguous(), self.metric, torch.float32)
+        rank, rows = run_search(table, q.contiguous(), k, self.metric, 1.0, None, max_memory, "torch")
+        ids = self._slots.slot_ids[torch.from_numpy(slots)][rows.cpu()].to(self.device)
         result = finish(rank, ids, self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
 

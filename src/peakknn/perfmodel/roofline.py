@@ -1,36 +1,37 @@
-"""The roofline: predicted time of a flat search from measured ceilings, and its bottleneck.
+"""The roofline: a lower bound of the time of a flat search from measured ceilings, and its
+bottleneck.
 
     from peakknn import perfmodel
-    c = perfmodel.ceilings("cpu")                 # measured once, cached on disk, then reused
+    c = perfmodel.ceilings("cpu")                 # measured, cached on disk, re-measured when stale
     p = perfmodel.predict(1000, 1_000_000, 128, 10, 0.99, "bf16", c)
-    p.floor_s, p.bottleneck                       # e.g. 0.17 s, "matrix"
+    p.floor_s, p.bottleneck                       # e.g. 0.15 s, "matrix"
 
-For nq queries, n rows of dimension d, scanned in dtype with passes of QB queries
-(`Ceilings.pass_queries`), docs/ALGORITHMS.md:
-    matrix = 2 nq n d / matmul_flops[dtype]
-    memory = (ceil(nq / QB) n d esize + nq d 4 + nq k 12 + nq m d 4) / bandwidth
-             (the database once per pass, the queries, the outputs and the m fp32 rows
-             re-scored per query: by default the re-ranking depth, 2k for bf16 / k for fp32;
-             the torch engine re-reads `groups` rows per candidate, which a caller can pass as
-             `rescored`)
-    vector = nq n / compare_rate[dtype]                   (one compare per score)
-    floor  = max(matrix, memory, vector); bottleneck = the name of the largest term.
-The floor is a lower bound of the time of any implementation on the measured ceilings; the
-engine's achieved fraction of it is what `peakknn bench` reports.
+For nq queries, n rows of dimension d, scored in dtype (fp32 when recall_target == 1), with the
+best rates measured (`Ceilings.peak`, `Ceilings.peak_bandwidth`; docs/ALGORITHMS.md):
+    matrix = 2 nq n d / peak_flops[dtype]             (every query times every row, once)
+    memory = max(0, n d esize + nq d 4 + nq k 12 + nq m d 4 - cache_bytes) / peak_bandwidth
+             (the rows once, the queries, the outputs and m fp32 rows a method re-reads per
+             query, 0 unless given; bytes that fit in the on-chip caches may cost nothing)
+    floor  = max(matrix, memory); bottleneck = the name of the larger term.
+Each term is a time no implementation that computes every product can beat on these ceilings, so
+the floor is a lower bound. `vector_s` (one compare per score at the measured strided-max rate)
+is the torch engine's compare time, an estimate reported beside the floor and not part of it: a
+fused kernel compares in registers, faster than that measured rate.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Iterable
 
-from .._types import default_rerank, scan_dtype
+from .._types import scan_dtype
 from .machine import Ceilings, dtype_key
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """Predicted seconds of each roofline term, the floor (their max) and the bottleneck's name."""
+    """Seconds of the matrix and memory bounds, the engine's compare estimate, the floor (the
+    larger bound) and the bottleneck's name."""
 
     matrix_s: float
     memory_s: float
@@ -38,15 +39,15 @@ class Prediction:
 
     @property
     def floor_s(self) -> float:
-        return max(self.matrix_s, self.memory_s, self.vector_s)
+        return max(self.matrix_s, self.memory_s)
 
     @property
     def bottleneck(self) -> str:
-        terms = {"matrix": self.matrix_s, "memory": self.memory_s, "vector": self.vector_s}
-        return max(terms, key=terms.get)
+        return "matrix" if self.matrix_s >= self.memory_s else "memory"
 
     def percent_of_floor(self, achieved_s: float) -> float:
-        """100 * floor / achieved: how close a measured time is to the floor."""
+        """100 * floor / achieved: how close a measured time is to the floor (above 100: the
+        ceilings were measured too low, a ceiling miss)."""
         return 100.0 * self.floor_s / achieved_s
 
 
@@ -57,19 +58,21 @@ def predict(
     k: int,
     recall_target: float,
     dtype,
-    c: Ceilings,
+    c: Ceilings | Iterable[Ceilings],
     *,
-    rescored: int | None = None,
+    rescored: int = 0,
 ) -> Prediction:
-    """Roofline terms of a search (module docstring). rescored: rows re-scored per query
-    (default 2k for bf16, k for fp32, 0 when recall_target == 1, which scans exactly in fp32)."""
+    """Roofline terms of a search (module docstring). c: one measurement, or several of the same
+    machine (each rate the best of them, the cache the largest). rescored: fp32 rows a method
+    re-reads per query, counted in the memory bound (default 0: only what every method moves)."""
     if min(nq, n, d, k) < 1:
         raise ValueError(f"nq, n, d, k must be >= 1, got {(nq, n, d, k)}")
+    found = [c] if isinstance(c, Ceilings) else list(c)
     key = "fp32" if recall_target >= 1.0 else dtype_key(dtype)
-    esize = scan_dtype(key).itemsize
-    if rescored is None:
-        rescored = 0 if recall_target >= 1.0 else default_rerank(k, scan_dtype(key))
-    blocks = math.ceil(nq / c.pass_queries(key))
-    matrix = 2.0 * nq * n * d / c.matmul(key)
-    traffic = blocks * n * d * esize + nq * d * 4 + nq * k * 12 + nq * rescored * d * 4
-    return Prediction(matrix_s=matrix, memory_s=traffic / c.bandwidth, vector_s=nq * n / c.compare(key))
+    traffic = n * d * scan_dtype(key).itemsize + nq * d * 4 + nq * k * 12 + nq * rescored * d * 4
+    beyond_cache = max(0, traffic - max(x.cache_bytes for x in found))
+    return Prediction(
+        matrix_s=2.0 * nq * n * d / max(x.peak(key) for x in found),
+        memory_s=beyond_cache / max(x.peak_bandwidth for x in found),
+        vector_s=nq * n / max(x.compare(key) for x in found),
+    )

@@ -35,23 +35,35 @@ def approx_topk(
     x: torch.Tensor,
     k: int,
     dim: int = -1,
+    largest: bool = True,
+    sorted: bool = True,
     *,
     recall_target: float = 0.95,
-    largest: bool = True,
     per_bin: int = 1,
     backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Approximate top-k of x along dim; returns (values, indices) shaped like torch.topk's.
+) -> torch.return_types.topk:
+    """Approximate top-k of x along dim: `torch.return_types.topk(values, indices)`, shaped as
+    torch.topk's, with the same positional arguments (x, k, dim, largest, sorted).
 
-    backend: "auto" (Triton kernel for CUDA tensors when triton is installed), "torch" or
-    "triton" (CUDA, or CPU under TRITON_INTERPRET=1); see peakknn._backend.
+    The results are always sorted (best first), so sorted=False changes nothing; gradients flow
+    to the selected entries of x. backend: "auto" (Triton kernel for CUDA tensors when triton is
+    installed), "torch" or "triton" (CUDA, or CPU under TRITON_INTERPRET=1); see peakknn._backend.
     """
+    if not isinstance(largest, bool) or not isinstance(sorted, bool):
+        raise TypeError(f"largest and sorted must be bools, got largest={largest!r}, sorted={sorted!r}")
+    values, indices = _approx_topk(x, k, dim, largest, recall_target, per_bin, backend)
+    return torch.return_types.topk((values, indices))
+
+
+def _approx_topk(x, k, dim, largest, recall_target, per_bin, backend) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"x must have a floating dtype, got {x.dtype}")
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d tensor")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"dim must be in [{-x.ndim}, {x.ndim - 1}], got {dim}")
     n = x.shape[dim]
