@@ -185,3 +185,89 @@ def test_public_docstrings_stand_alone():
         assert len(doc) > 200 or obj in (Index.search,) and len(doc) > 100, obj
         assert "see the module docstring" not in doc and "(see module docstring)" not in doc, obj
     assert "recall_target" in peakknn.search.__doc__ and "numpy" in peakknn.search.__doc__
+
+
+def test_numpy_arrays_of_any_layout():
+    x, q = _data(n=50, d=4)
+    want = peakknn.search(q, x, 3, recall_target=1.0)
+    xn, qn = x.numpy(), q.numpy()
+    frozen = xn.copy()
+    frozen.setflags(write=False)
+    for db in (xn.astype(">f4"), frozen, np.asfortranarray(xn), xn[::-1][::-1]):
+        _same(peakknn.search(qn, db, 3, recall_target=1.0), want)
+    one = np.random.default_rng(0).standard_normal((3, 4))[::-1][:1]  # one row, negative strides
+    assert one.strides[0] < 0
+    flat = Index(4, precision="fp32")
+    flat.add(one)
+    assert torch.equal(flat.get([0]), torch.from_numpy(one.copy()).float())
+
+
+def test_search_options_are_checked_everywhere():
+    x, q = _data(n=50, d=4)
+    part = PartitionedIndex(4, settings=PartitionSettings(partitions=4, train_size=1000))
+    part.add(x)  # untrained
+    runs = (
+        lambda **kw: peakknn.search(q, x, 3, **kw),
+        lambda **kw: Index(4).search(q, 3, **kw),  # empty
+        lambda **kw: part.search(q, 3, **kw),
+    )
+    for run in runs:
+        for kw, err in (
+            ({"rerank": 0}, ValueError), ({"rerank": "2"}, TypeError), ({"rerank": 1.5}, TypeError),
+            ({"max_memory": 0}, ValueError), ({"max_memory": None}, TypeError),
+            ({"allowed_ids": [1.5]}, TypeError), ({"recall_target": "0.9"}, TypeError), ({"recall_target": 0}, ValueError),
+        ):
+            with pytest.raises(err, match=next(iter(kw))):
+                run(**kw)
+    with pytest.raises(TypeError, match="k"):
+        part.probe_for(0.5, None)
+
+
+def test_huge_and_tiny_rows():
+    g = torch.Generator().manual_seed(3)
+    x, q = torch.randn(20, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)
+    want = peakknn.search(q, x, 4, metric="cos", recall_target=1.0)
+    for scale in (1e30, 1e-30):  # cosine: the direction is all that counts
+        _same(peakknn.search(q, x * scale, 4, metric="cos", recall_target=1.0), want)
+        index = Index(3, metric="cos", precision="fp32")
+        index.add(x * scale)
+        _same(index.search(q / scale, 4), want)
+    for metric in ("ip", "l2"):  # products that overflow float32 are refused, naming the argument
+        with pytest.raises(ValueError, match="database has entries up to .*overflow float32"):
+            peakknn.search(q, x * 1e30, 2, metric=metric)
+        with pytest.raises(ValueError, match="queries"):
+            Index(3, metric=metric).search(q * 1e30, 2)
+        got = peakknn.search(q * 1e15, x * 1e15, 4, metric=metric, recall_target=1.0)  # large but finite
+        assert torch.isfinite(got.scores).all() and (got.ids >= 0).all()
+
+
+def test_settings_values_are_checked_and_low_dims_train_anisotropic():
+    for kw, err in (({"seed": "x"}, TypeError), ({"seed": 1.5}, TypeError), ({"seed": -1}, ValueError), ({"threshold": "x"}, TypeError)):
+        with pytest.raises(err, match=next(iter(kw))):
+            PartitionSettings(**kw)
+    assert PartitionSettings(seed=np.int64(3)).seed == 3
+    x, q = _data(n=300, d=8)
+    index = PartitionedIndex(8, settings=PartitionSettings(partitions=4, anisotropic_partitions=True, train_size=None))
+    index.add(x)
+    index.train()  # eta of T = 0.2 in 8 dims is below 1: plain k-means partitions
+    assert index.is_trained and (index.search(q, 3, probe=4).ids >= 0).all()
+
+
+def test_load_errors_name_the_path(tmp_path):
+    flat = Index(4)
+    flat.add(torch.randn(5, 4))
+    flat.save(tmp_path / "i")
+    arrays = next((tmp_path / "i").glob("arrays-*.safetensors"))
+    arrays.unlink()
+    arrays.mkdir()  # a directory where the arrays file was
+    for load in (Index.load, peakknn.load):
+        with pytest.raises(ValueError, match="cannot be read"):
+            load(tmp_path / "i")
+        with pytest.raises(TypeError, match="path"):
+            load(5)
+
+
+def test_approx_topk_of_an_empty_batch():
+    for per_bin in (1, 2):
+        out = peakknn.approx_topk(torch.randn(0, 300), 2, recall_target=0.5, per_bin=per_bin)
+        assert out.values.shape == (0, 2) and out.indices.shape == (0, 2)

@@ -28,7 +28,10 @@ def as_matrix(name: str, value, dim: int | None = None, *, allow_1d: bool = True
             raise TypeError(f"{name} must have a floating dtype, got numpy {value.dtype}")
         if value.dtype.itemsize > 8:  # torch has no float128
             value = value.astype(np.float64)
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        native = value.dtype.newbyteorder("=")
+        if value.dtype != native or not value.flags.writeable or not value.flags.c_contiguous or min(value.strides, default=0) < 0:
+            value = np.array(value, dtype=native, order="C")  # a copy torch can wrap (byte order, strides, read-only)
+        value = torch.from_numpy(value)
     elif not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, numpy.ndarray or nested list, got {type(value).__name__}")
     if value.dtype not in _FLOAT_DTYPES:
@@ -126,6 +129,13 @@ def check_recall_target(recall_target) -> float:
     if not 0.0 < r <= 1.0:
         raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
     return r
+
+
+def check_search_options(rerank, max_memory) -> None:
+    """rerank: None or an int >= 1; max_memory: an int >= 1 (bytes)."""
+    if rerank is not None:
+        check_int("rerank", rerank, 1)
+    check_int("max_memory", max_memory, 1)
 
 
 def check_per_bin(per_bin) -> int:

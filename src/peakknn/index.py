@@ -29,7 +29,7 @@ import torch
 
 from . import _backend, index_persist
 from ._locks import RWLock, reads, writes
-from ._checks import as_id_set, as_ids, check_device, check_int, check_k, check_recall_target, positive_int, renamed
+from ._checks import as_id_set, as_ids, check_device, check_int, check_k, check_recall_target, check_search_options, positive_int, renamed
 from ._slots import SlotStore
 from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, precision_name, scan_dtype
 from .engine.driver import run_search
@@ -192,6 +192,8 @@ class Index:
         rerank = renamed("candidates", candidates, "rerank", rerank)
         k = check_k(k)
         target = self.recall_target if recall_target is None else check_recall_target(recall_target)
+        check_search_options(rerank, max_memory)
+        allowed = None if allowed_ids is None else as_id_set("allowed_ids", allowed_ids)
         q = self._prepare(queries, "queries")
         backend = _backend.resolve(backend, self.device)
         if len(self) == 0:  # like `search` on a 0-row database: fillers only
@@ -199,7 +201,7 @@ class Index:
         if allowed_ids is None:
             table = _IndexTable(self)
         else:
-            slots = self._slots.lookup(as_id_set("allowed_ids", allowed_ids))
+            slots = self._slots.lookup(allowed)
             slots = torch.from_numpy(np.sort(slots[slots >= 0])).to(self.device)
             if backend == "triton":  # the kernel masks rows in place: no copy of the subset
                 mask = torch.zeros(self._slots.high, dtype=torch.bool, device=self.device)

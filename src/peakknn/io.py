@@ -73,6 +73,8 @@ def read_bundle(path, fmt: str, version: int, *, unchecked: tuple[int, ...] = ()
     the format, the version, the manifest's own checksum, the arrays file's name and SHA-256.
     Versions in `unchecked` (written before manifests carried a checksum) load without the
     manifest check. Raises ValueError."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -111,6 +113,8 @@ def _read_bundle_once(path: Path, manifest_path: Path, fmt: str, version: int, u
             if json.loads(manifest_path.read_text()).get("arrays") != name:  # a save moved on
                 raise _ArraysReplaced() from None
             raise ValueError(f"{manifest_path} names arrays file {name!r}, which is missing") from None
+        except OSError as e:  # a directory in its place, no permission, ...
+            raise ValueError(f"{arrays_path} cannot be read: {e.strerror or e}") from None
     if hashlib.sha256(blob).hexdigest() != digest:
         raise ValueError(f"{arrays_path} is corrupt or truncated (SHA-256 mismatch)")
     try:

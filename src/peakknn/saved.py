@@ -25,7 +25,10 @@ KINDS = {index_persist.FORMAT: Index, partitioned_persist.FORMAT: PartitionedInd
 def saved_format(path: str | os.PathLike) -> str:
     """The "format" field of `path`/manifest.json. Raises ValueError naming `path` and what was
     found there instead: no such folder, a file, a folder without manifest.json, a manifest
-    that is not JSON, or one without a "format" (returned as a string)."""
+    that is not JSON, or one without a "format" (returned as a string); TypeError for a path
+    that is not a str or os.PathLike."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     manifest = path / MANIFEST
     if not path.exists():

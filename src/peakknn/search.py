@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._checks import as_matrix, check_k, check_recall_target, renamed
+from ._checks import as_matrix, check_k, check_recall_target, check_search_options, renamed
 from ._types import MetricLike, PrecisionLike, SearchResult, check_metric, scan_dtype
 from .engine.driver import run_search
 from .engine.plan import DEFAULT_MEMORY
 from .engine.rescore import answer, finish
-from .engine.table import DenseTable, normalize_rows, scan_dtype_for
+from .engine.table import DenseTable, check_scorable, normalize_rows, scan_dtype_for
 
 
 def search(
@@ -57,6 +57,7 @@ def search(
     metric = check_metric(metric)
     k = check_k(k)
     recall_target = check_recall_target(recall_target)
+    check_search_options(rerank, max_memory)
     dtype = scan_dtype(precision)
     x = as_matrix("database", database, allow_1d=False)
     q = as_matrix("queries", queries, x.shape[1])
@@ -66,6 +67,9 @@ def search(
     x32, q32 = x.to(torch.float32), q.to(torch.float32)
     if metric == "cos":
         x32, q32 = normalize_rows(x32, "database"), normalize_rows(q32, "queries")
+    else:
+        check_scorable(x32, "database")
+        check_scorable(q32, "queries")
     table = DenseTable(x32.contiguous(), metric, scan_dtype_for(dtype, x32.shape[1]))
     rank, slots = run_search(table, q32.contiguous(), k, metric, recall_target, rerank, max_memory, backend)
     return answer(queries, finish(rank, slots, metric))

@@ -26,6 +26,8 @@ import torch
 
 from .._checks import as_matrix, check_array, round_up
 
+TINY_NORM = 1e-18  # below this a float32 norm loses digits (its square is near float32's smallest normal)
+
 SCAN_ALIGN = 8  # scan rows are padded to a multiple of this width (16 bytes of bf16; docs/ALGORITHMS.md)
 LOW_DIMS = 16  # below this many dims scans run in fp32 (`scan_dtype_for`)
 FRAME_BLOCK_BYTES = 16 << 20  # float64 temporaries per block when a frame is measured
@@ -154,11 +156,32 @@ def scan_row_width(dim: int) -> int:
 
 
 def normalize_rows(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Rows scaled to unit L2 norm; zero rows have no direction and are rejected."""
+    """Rows scaled to unit L2 norm; zero rows have no direction and are rejected. Norms whose
+    squares overflow or underflow in float32 (|x| beyond ~1e19 or below ~1e-19) are taken in
+    float64, so huge and tiny rows keep their direction."""
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    odd = ~torch.isfinite(norms[:, 0]) | (norms[:, 0] < TINY_NORM)
+    if bool(odd.any()):  # scaled in float64 here; their norms become 1 (0 for zero rows)
+        rows = x[odd].double()
+        n64 = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+        x, norms = x.clone(), norms.clone()
+        x[odd] = (rows / n64.clamp_min(torch.finfo(torch.float64).tiny)).to(x.dtype)
+        norms[odd] = (n64 > 0).to(norms.dtype)
     if bool((norms == 0).any()):
         raise ValueError(f"{name} has a zero vector (row {int((norms[:, 0] == 0).nonzero()[0])}); cosine needs a direction")
     return x / norms
+
+
+def check_scorable(x: torch.Tensor, name: str) -> None:
+    """ValueError naming `name` when rows are so large that inner products or squared distances
+    of such rows overflow float32: every |entry| must stay below sqrt(float32 max / (4 d))
+    (8e17 at d = 128), so that |q||x| and |q - x|^2 stay finite."""
+    if x.numel() == 0:
+        return
+    limit = math.sqrt(torch.finfo(torch.float32).max / (4 * x.shape[1]))
+    biggest = float(x.abs().amax())
+    if biggest > limit:
+        raise ValueError(f"{name} has entries up to {biggest:.3g}: their inner products overflow float32 (at dim {x.shape[1]} entries must stay below {limit:.3g}; cosine has no such limit)")
 
 
 def prepare_rows(value, name: str, dim: int, metric: str, device: torch.device) -> torch.Tensor:
@@ -166,6 +189,8 @@ def prepare_rows(value, name: str, dim: int, metric: str, device: torch.device) 
     f32[m, dim] on `device`, unit rows for cosine; bad input raises ValueError/TypeError naming
     `name` (`_checks.as_matrix`)."""
     x = as_matrix(name, value, dim).to(device=device, dtype=torch.float32)
+    if metric != "cos":
+        check_scorable(x, name)
     return normalize_rows(x, name) if metric == "cos" else x
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .._locks import RWLock, reads, writes
-from .._checks import as_id_set, as_ids, check_device, check_k, check_recall_target, positive_int
+from .._checks import as_id_set, as_ids, check_device, check_k, check_recall_target, check_search_options, positive_int
 from .._slots import SlotStore
 from .._types import MetricLike, SearchResult, check_metric
 from ..engine.plan import DEFAULT_MEMORY
@@ -324,6 +324,7 @@ class PartitionedIndex:
     def probe_for(self, recall_target: float, k: int = 10) -> int:
         """The probe a search with this recall_target and k uses (from `recall_curves`)."""
         target = check_recall_target(recall_target)
+        k = check_k(k)
         if not self._curves and self.is_trained and len(self) < calibration.MIN_ROWS:
             return self.settings.partitions  # too few rows to measure a curve: search them all
         if not self._curves:
@@ -331,11 +332,15 @@ class PartitionedIndex:
                 "the index has no recall calibration (untrained, compressed-only and trained before its rows "
                 "were added, or loaded from an older file): call calibrate() (needs the vectors), or pass probe="
             )
-        return calibration.probe_for(calibration.curve_for(self._curves, check_k(k)), target)
+        return calibration.probe_for(calibration.curve_for(self._curves, k), target)
 
     def _search(self, queries, k, *, recall_target=None, probe=None, rerank=None, adaptive=None, allowed_ids=None, max_memory=DEFAULT_MEMORY) -> SearchResult:
         k = check_k(k)
+        check_search_options(rerank, max_memory)
+        if allowed_ids is not None:
+            allowed_ids = as_id_set("allowed_ids", allowed_ids)
         if recall_target is not None:
+            recall_target = check_recall_target(recall_target)
             if probe is not None:
                 raise ValueError(f"pass probe or recall_target, not both (got probe={probe}, recall_target={recall_target})")
             if self.is_trained:

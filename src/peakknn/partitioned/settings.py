@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
-from .._checks import positive_int
+from .._checks import check_int, positive_int
 
 CODE_TYPES = ("bf16", "int8", "pq4")
 SCAN_K, SCAN_RECALL = 10, 0.995  # scan_dims="auto": the first pass keeps this share of the top-10 in its best 20
@@ -84,8 +85,12 @@ class PartitionSettings:
                     f"scan_dims={self.scan_dims} needs codes 'bf16' or 'int8' and keep_vectors=True "
                     f"(the projected first pass is re-ranked exactly), got codes={self.codes!r}, keep_vectors={self.keep_vectors}"
                 )
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1) or None, got {self.threshold!r}")
+        if self.threshold is not None:
+            if isinstance(self.threshold, bool) or not isinstance(self.threshold, numbers.Real):
+                raise TypeError(f"threshold must be a float in (0, 1) or None, got {type(self.threshold).__name__}")
+            if not 0.0 < self.threshold < 1.0:
+                raise ValueError(f"threshold must be in (0, 1) or None, got {self.threshold!r}")
+            object.__setattr__(self, "threshold", float(self.threshold))
         if self.spill is None:
             object.__setattr__(self, "spill", bool(self.keep_vectors) and self.codes != "pq4")
         if not isinstance(self.spill, bool):
@@ -95,6 +100,7 @@ class PartitionSettings:
         if self.train_size is not None:
             positive_int("train_size", self.train_size)
         positive_int("iters", self.iters)
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1))
 
 
 @dataclasses.dataclass(frozen=True)

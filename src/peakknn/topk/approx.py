@@ -72,7 +72,7 @@ def _approx_topk(x, k, dim, largest, recall_target, per_bin, backend) -> tuple[t
     per_bin = check_per_bin(per_bin)
     use_triton = _backend.resolve(backend, x.device) == "triton"
     bins = plan_bins(n, k, recall_target, per_bin)
-    if bins is None:
+    if bins is None or x.numel() == 0:  # exact, or no rows at all (an empty batch dimension)
         return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
     if per_bin != 1:
         return approx_topk_reference(x, k, dim, recall_target=recall_target, largest=largest, per_bin=per_bin)
