@@ -1734,6 +1734,11 @@ def _settings_example(data):
     if isinstance(sd, int) and not isinstance(sd, bool) and sd >= 1 and (codes == "pq4" or keep is not True):
         status = "bad" if codes == "pq4" or keep is False else "awkward"  # keep_vectors='no' may read as True
         call.mark(status, "scan_dims", f"scan_dims={sd} with codes={codes!r}, keep_vectors={keep!r}")
+    ts, parts = kw.get("train_size", -1), kw.get("partitions")
+    if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 1:  # training needs a row per partition, 16 for pq4
+        least = max(parts if isinstance(parts, (int, np.integer)) and not isinstance(parts, bool) and parts >= 1 else 1, 16 if codes == "pq4" else 1)
+        if ts < least:
+            call.mark("bad", "train_size", f"train_size={ts} below {least} rows")
     call.repro = f"PartitionSettings({_kw(kw)})"
     out = attempt(PartitionSettings, **kw)
     if judge(F, call, out) != "ok":

@@ -246,6 +246,9 @@ def test_settings_values_are_checked_and_low_dims_train_anisotropic():
         with pytest.raises(err, match=next(iter(kw))):
             PartitionSettings(**kw)
     assert PartitionSettings(seed=np.int64(3)).seed == 3
+    for kw in ({"partitions": 64, "train_size": 10}, {"codes": "pq4", "partitions": 2, "train_size": 10}):
+        with pytest.raises(ValueError, match="train_size=10 is below"):  # the add reaching it could not train
+            PartitionSettings(**kw)
     x, q = _data(n=300, d=8)
     index = PartitionedIndex(8, settings=PartitionSettings(partitions=4, anisotropic_partitions=True, train_size=None))
     index.add(x)

@@ -20,3 +20,9 @@ from .topk import approx_topk, bins_for_recall, expected_recall
 
 __version__ = "0.1.0"
 __all__ = ["Index", "PartitionSettings", "PartitionedIndex", "SearchResult", "SearchSettings", "approx_topk", "bins_for_recall", "expected_recall", "load", "search"]
+
+
+def __getattr__(name):  # peakknn.Client: httpx is imported on first use, not with peakknn
+    if name == "Client":
+        return __import__("peakknn.client", fromlist=["Client"]).Client
+    raise AttributeError(f"module 'peakknn' has no attribute {name!r}")

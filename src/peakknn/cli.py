@@ -1,4 +1,4 @@
-"""Command line: `peakknn bench | build | search` (also `python -m peakknn`).
+"""Command line: `peakknn bench | build | search | serve` (also `python -m peakknn`).
 
 Bad arguments and bad files end with one line on stderr, `peakknn CMD: error: ...`, and exit
 code 2 (argparse's format: usage errors come from argparse, the rest from `main`), never a
@@ -103,7 +103,32 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--ids-out", default=None, help="write the ids here (.npy; default: not written)")
     q.add_argument("--scores-out", default=None, help="write the scores here (.npy; default: not written)")
     q.add_argument("--force", action="store_true", help="overwrite existing --ids-out / --scores-out files")
+    _serve_parser(sub)
     return p
+
+
+def _serve_parser(sub) -> None:
+    """`peakknn serve`: options of peakknn.server (defaults: server.settings, which needs no server dependency)."""
+    from .server.settings import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+
+    d = ServerSettings()
+    v = sub.add_parser(
+        "serve", help="an HTTP server of collections in a data folder (needs peakknn[server])",
+        description="Serve the collections in --data over HTTP (FastAPI + uvicorn; the API is listed in peakknn.server.app): "
+        "durable writes (write-ahead log, snapshots), dynamic batching of searches, payload filters, /metrics and a "
+        "/dashboard. SIGTERM or Ctrl-C finishes the requests in flight, snapshots and exits 0.",
+    )  # fmt: skip
+    v.add_argument("--data", required=True, help="folder of the collections (created if missing; one server per folder)")
+    v.add_argument("--host", default=DEFAULT_HOST, help="address to listen on; other than loopback needs an API key (default: %(default)s)")
+    v.add_argument("--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    v.add_argument("--api-key", default=None, help=f"require this key (Authorization: Bearer KEY); default: ${API_KEY_ENV}, else none")
+    v.add_argument("--max-batch", type=_positive, default=d.max_batch, help="most queries one batched index search runs; 1 turns batching off (default: %(default)s)")
+    v.add_argument("--max-delay-ms", type=_non_negative, default=d.max_delay_ms, help="longest a search waits for others to batch with (default: %(default)s)")
+    v.add_argument("--max-queue", type=_positive, default=d.max_queue, help="searches waiting per collection before 503 (default: %(default)s)")
+    v.add_argument("--max-body-mb", type=_positive_float, default=d.max_body_bytes / (1 << 20), help="largest request body in MiB, 413 beyond (default: %(default)s)")
+    v.add_argument("--snapshot-every", type=_positive, default=d.snapshot_every, help="snapshot a collection after this many writes (default: %(default)s)")
+    v.add_argument("--snapshot-seconds", type=_positive_float, default=d.snapshot_seconds, help="... or this long after its first unsnapshotted write (default: %(default)s)")
+    v.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info", help="logging level; debug adds an access log (default: %(default)s)")
 
 
 def _positive(text: str) -> int:
@@ -114,6 +139,33 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -150,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args)
         if args.command == "build":
             return _build(args)
+        if args.command == "serve":
+            from .server.run import serve
+
+            return serve(args)
         return _search(args)
     except (ValueError, TypeError, ImportError, OSError) as e:
         print(f"peakknn {args.command}: error: {e}", file=sys.stderr)

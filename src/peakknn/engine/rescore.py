@@ -24,32 +24,32 @@ def rescore(table, q32: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor, 
     table: anything with `exact_rows(slots)`, `alive(slots)` and `frame` (engine.table.Table);
     q32: f32[nq, d]; slots, valid: [nq, m]. Returns (rank f32[nq, k], slots i64[nq, k]) where
     rank is larger-is-better (-squared distance for L2, <q, x> otherwise) and -inf marks missing
-    results. Inner products are summed relative to the frame's centre (<q, x - m>, then
-    + <q, m>) where the offset matters (`ScanFrame.offset_matters`), so a large common offset
-    costs no digits where the candidates are told apart.
+    results. Where a common offset matters (`ScanFrame.offset_matters`), inner products are
+    summed in float64 (products of float32 values are exact there) and ranked before rounding
+    to float32, so a large offset costs no digits where the candidates are told apart and each
+    reported score is <q, x> correctly rounded.
     The candidates' rows are gathered a few at a time (on CPU, RESCORE_ROWS) and scored into one
     [nq, m] matrix within `memory` bytes of gathered rows; one top-k follows.
     """
     nq, m = slots.shape
     d = q32.shape[1]
     frame = getattr(table, "frame", None)
-    centre = frame.centre if frame is not None and frame.offset_matters else None
+    wide = metric != "l2" and frame is not None and frame.offset_matters
     most = max(RESCORE_MIN_QUERIES, RESCORE_ROWS // max(1, m)) if q32.device.type == "cpu" else MAX_QUERY_BLOCK
-    step = int(max(1, min(most, MAX_QUERY_BLOCK, memory // max(1, m * d * 8))))
-    r = torch.empty(nq, m, dtype=torch.float32, device=q32.device)
+    step = int(max(1, min(most, MAX_QUERY_BLOCK, memory // max(1, m * d * (16 if wide else 8)))))
+    r = torch.empty(nq, m, dtype=torch.float64 if wide else torch.float32, device=q32.device)
     for i in range(0, nq, step):
         x, q = table.exact_rows(slots[i : i + step]), q32[i : i + step]  # [b, m, d], [b, d]
         if metric == "l2":
             torch.sum((x - q.unsqueeze(1)).square_(), dim=2, out=r[i : i + step]).neg_()
-        else:
-            # a batch of matrix-vector products: vecdot streams the rows (bmm runs ~6x slower here)
-            r[i : i + step] = torch.linalg.vecdot(x if centre is None else x - centre, q.unsqueeze(1))
+        elif wide:
+            r[i : i + step] = torch.linalg.vecdot(x.double(), q.double().unsqueeze(1))
+        else:  # a batch of matrix-vector products: vecdot streams the rows (bmm runs ~6x slower here)
+            r[i : i + step] = torch.linalg.vecdot(x, q.unsqueeze(1))
     r.masked_fill_(~(valid & table.alive(slots)), float("-inf"))
     kk = min(k, m)
     top_r, pos = torch.topk(r, kk, dim=1)
-    top_s = slots.gather(1, pos)
-    if centre is not None and metric != "l2":  # back to <q, x> (-inf stays -inf)
-        top_r = top_r + (q32.double() @ centre.double()).to(torch.float32).unsqueeze(1)
+    top_r, top_s = top_r.to(torch.float32), slots.gather(1, pos)
     return pad_results(top_r, top_s, k)
 
 

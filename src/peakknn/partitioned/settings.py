@@ -12,6 +12,7 @@ import math
 import numbers
 
 from .._checks import check_int, positive_int
+from ..quant.codes import CENTRES as PQ_CENTRES
 
 CODE_TYPES = ("bf16", "int8", "pq4")
 SCAN_K, SCAN_RECALL = 10, 0.995  # scan_dims="auto": the first pass keeps this share of the top-10 in its best 20
@@ -101,6 +102,9 @@ class PartitionSettings:
             positive_int("train_size", self.train_size)
         positive_int("iters", self.iters)
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1))
+        least = max(self.partitions or 1, PQ_CENTRES if self.codes == "pq4" else 1)
+        if self.train_size is not None and self.train_size < least:  # else the add reaching it fails to train
+            raise ValueError(f"train_size={self.train_size} is below the rows training needs ({least}: one per partition, {PQ_CENTRES} for pq4 codes)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""The errors a request can end with: `ApiError(status, message)`, answered as
+{"error": message} with that HTTP status (app.py installs the handler)."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class TooLarge(ApiError):
+    status = 413
+
+
+class Unavailable(ApiError):
+    """The server cannot take the request now (queue full, collection failed, shutting down)."""
+
+    status = 503

@@ -1,0 +1,104 @@
+"""Pure ASGI layers around the app, outermost first: `RequestMetrics` (counts and times every
+answer by route template), `ApiKey` (401 unless the key is sent; /healthz and /dashboard are
+open) and `BodyLimit` (413 for a body over the limit, by Content-Length before reading, or
+while reading one sent without it)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+
+from .errors import TooLarge
+
+OPEN_PATHS = ("/healthz", "/dashboard")
+OPEN_PREFIXES = ("/dashboard/",)  # the dashboard's static files (its API calls send the key)
+
+
+async def answer(send, status: int, message: str, headers: tuple = ()) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def route_of(scope) -> str:
+    """The matched route's template ("/collections/{name}/search"), "/dashboard" for its files,
+    else "other" (unknown paths: kept out of the labels)."""
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return route.path
+    path = scope.get("path", "")
+    return "/dashboard" if path in OPEN_PATHS[1:] or path.startswith(OPEN_PREFIXES) else "other"
+
+
+class RequestMetrics:
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.http(scope["method"], route_of(scope), status[0], time.perf_counter() - started)
+
+
+class ApiKey:
+    """Needs `Authorization: Bearer KEY` or `api-key: KEY` (compared in constant time)."""
+
+    def __init__(self, app, key: str | None):
+        self.app = app
+        self.key = key.encode() if key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.key is None or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
+            return await self.app(scope, receive, send)
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+            elif name == b"api-key" and not given:
+                given = value.strip()
+        if not given or not hmac.compare_digest(given, self.key):
+            what = "a wrong API key" if given else "no API key"
+            return await answer(send, 401, f"{what}: send Authorization: Bearer KEY (or the header api-key: KEY)", ((b"www-authenticate", b"Bearer"),))
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return await answer(send, 400, f"Content-Length {value.decode(errors='replace')!r} is not a number")
+                if declared > limit:
+                    return await answer(send, 413, f"the body has {declared} bytes; this server takes at most {limit} (--max-body-mb)", ((b"connection", b"close"),))
+        seen = 0
+
+        async def receiving():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise TooLarge(f"the body has more than {limit} bytes; this server takes at most {limit} (--max-body-mb)")
+            return message
+
+        return await self.app(scope, receiving, send)
