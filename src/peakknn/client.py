@@ -11,7 +11,7 @@ Needs httpx (`pip install 'peakknn[server]'`); importing `peakknn` alone does no
 
 Writes: vectors are checked here (shape, dim, finite values, ids) before anything is sent, so bad
 input stores nothing. Large arrays go in batches of `batch_size` rows in the server's binary form
-(`vectors_b64`: base64 of little-endian float32 rows), with a tqdm progress bar when there is more
+(.npy bodies for runs of ids without payloads, else `vectors_b64`: base64 of little-endian float32 rows), with a tqdm progress bar when there is more
 than one batch (`progress=False` hides it); a batch the server refuses as too large (413) is
 split in halves until it fits. Each batch is durable once the server acknowledges it; a transfer
 interrupted after some batches leaves those batches stored. Many queries are searched in
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import math
 import urllib.parse
 from collections.abc import Iterable
@@ -213,10 +214,14 @@ class Collection:
         x, ids = self._rows(vectors, ids, payloads)
 
         def body(a: int, b: int) -> dict:
+            if payloads is None and b - a >= BINARY_MIN_ROWS:
+                spans = _id_spans(ids[a:b])
+                if spans is not None:  # the raw .npy body: no base64, no JSON around the rows
+                    return {"content": _npy(x[a:b]), "params": {"ids": spans}, "headers": {"Content-Type": "application/x-npy"}}
             batch = {"ids": ids[a:b].tolist(), **_vectors(x[a:b])}
             if payloads is not None:
                 batch["payloads"] = list(payloads[a:b])
-            return batch
+            return {"json": batch}
 
         rows = self._batch_rows(batch_size)
         show = (self.client.progress if progress is None else progress) and len(ids) > rows
@@ -285,7 +290,7 @@ class Collection:
             filter = {**(filter or {}), "ids": as_id_set("allowed_ids", allowed_ids).tolist()}
         if filter is not None:
             body["filter"] = filter
-        sent = self._send("POST", "/search", len(q), self._batch_rows(None), lambda a, b: {**body, **_vectors(q[a:b])})
+        sent = self._send("POST", "/search", len(q), self._batch_rows(None), lambda a, b: {"json": {**body, **_vectors(q[a:b])}})
         results = [r for _, answer in sent for r in answer["results"]]  # many queries: several requests
         fill = math.inf if self.metric == "l2" else -math.inf
         ids = np.full((len(results), int(k)), -1, dtype=np.int64)
@@ -315,13 +320,14 @@ class Collection:
         return self.client.batch_size or max(1, BATCH_BYTES // (4 * self.dim))
 
     def _send(self, method: str, path: str, n: int, rows: int, body):
-        """Send rows [0, n) as requests body(a, b) of at most `rows` rows each, yielding (rows done,
+        """Send rows [0, n) as requests of at most `rows` rows each (body(a, b): the request's
+        keyword arguments: json=..., or content=/params=/headers= for a .npy body), yielding (rows done,
         answer) after each; on a 413 the request is split in halves, and later ones stay that small."""
         done = 0
         while done < n:
             stop = min(n, done + min(rows, self._max_rows or rows))
             try:
-                answer = self.client._request(method, self._path + path, json=body(done, stop))
+                answer = self.client._request(method, self._path + path, **body(done, stop))
             except PayloadTooLarge:
                 if stop - done < 2:
                     raise
@@ -346,6 +352,27 @@ class Collection:
         rows = max(1, self.client.batch_size or BATCH_BYTES // 32)
         taken = [self.get(ids[s:s + rows], with_vectors=False).ids for s in range(0, len(ids), rows)]
         return np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
+
+
+MAX_SPANS = 64  # ids sent as at most this many "a:b" ranges in the query string (else the JSON form)
+
+
+def _id_spans(ids: np.ndarray) -> str | None:
+    """ids as the server's `?ids=` form ("a:b" half-open ranges, comma-separated), or None when
+    they need more than MAX_SPANS ranges (the URL would grow with the batch)."""
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    if breaks.size >= MAX_SPANS:
+        return None
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [ids.size]])
+    return ",".join(f"{int(ids[a])}:{int(ids[b - 1]) + 1}" for a, b in zip(starts, ends))
+
+
+def _npy(x: np.ndarray) -> bytes:
+    """x as the bytes of a little-endian float32 .npy file."""
+    out = io.BytesIO()
+    np.save(out, np.ascontiguousarray(x, dtype="<f4"))
+    return out.getvalue()
 
 
 def _vectors(x: np.ndarray) -> dict:

@@ -114,18 +114,31 @@ def test_binary_bulk_upload_in_batches(client, capsys):
     n, dim, batch = 3000, 32, 700
     x = data(n, dim, seed=4)
     sent = []
-    client._http.event_hooks["request"].append(
-        lambda r: sent.append(set(json.loads(r.content))) if r.url.path.endswith("/points") else None
-    )
+
+    def kind(r):  # the body's form: a .npy file (ids in the query) or the JSON keys
+        if r.headers.get("content-type") == "application/x-npy":
+            return {"npy", r.url.params["ids"]}
+        return set(json.loads(r.content))
+
+    client._http.event_hooks["request"].append(lambda r: sent.append(kind(r)) if r.url.path.endswith("/points") else None)
     h = fresh(client, dim, metric="ip", dtype="fp32")
     ids = np.arange(10, 10 + n)
-    h.upsert(x, ids, batch_size=batch, progress=True)
-    assert len(sent) == -(-n // batch) and all("vectors_b64" in s and "vectors" not in s for s in sent)
+    h.upsert(x, ids, batch_size=batch, progress=True)  # runs of ids, no payloads: raw .npy bodies
+    assert sent[0] == {"npy", "10:710"} and len(sent) == -(-n // batch) and all("npy" in s for s in sent)
     assert "upsert" in capsys.readouterr().err  # the tqdm bar
     assert len(h) == n
     got = h.get(ids[::7])
     np.testing.assert_array_equal(got.ids, ids[::7])
     np.testing.assert_array_equal(got.vectors, x[::7])  # float32 travels exactly
+    sent.clear()
+    scattered = np.random.default_rng(0).permutation(ids)[:600]  # too many runs for the URL: vectors_b64
+    h.upsert(x[:600], scattered)
+    np.testing.assert_array_equal(h.get(scattered[:50]).vectors, x[:50])
+    with_payloads = ids[:100]
+    h.upsert(x[:100], with_payloads, payloads=[{"i": int(i)} for i in with_payloads])  # payloads: JSON
+    assert sent == [{"ids", "vectors_b64"}, {"ids", "vectors_b64", "payloads"}]
+    assert h.get([10]).payloads == [{"i": 10}]
+    h.upsert(x, ids)  # back to the original rows
     sent.clear()
     h.upsert(x[:5], ids[:5], progress=True)  # a small write: JSON lists, one request, no bar
     assert sent == [{"ids", "vectors"}] and 5 < BINARY_MIN_ROWS
