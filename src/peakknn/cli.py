@@ -131,35 +131,25 @@ def _serve_parser(sub) -> None:
     v.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info", help="logging level; debug adds an access log (default: %(default)s)")
 
 
-def _positive(text: str) -> int:
-    """An option's value that must be an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(cast, valid, expected: str):
+    """An argparse type: the option's text as cast(text), which must satisfy `valid`; else
+    "expected <expected>, got <text>"."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+_positive = _number(int, lambda v: v >= 1, "a positive integer")
+_port = _number(int, lambda v: 0 <= v <= 65535, "a TCP port in [0, 65535]")
+_non_negative = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # NaN fails both
 
 
 def _positive_float(text: str) -> float:

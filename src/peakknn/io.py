@@ -56,13 +56,10 @@ def write_bundle(path: Path, manifest: dict, arrays: dict[str, torch.Tensor]) ->
     blob = save({name: t.cpu().contiguous() for name, t in arrays.items()})
     with _locked(path, exclusive=True):
         name = f"arrays-{secrets.token_hex(8)}.safetensors"
-        _write_durably(path / name, blob)
+        write_durably(path / name, blob)
         manifest = {**manifest, "arrays": name, "sha256": hashlib.sha256(blob).hexdigest()}
         manifest[CHECKSUM] = _manifest_digest(manifest)
-        tmp = path / f"{MANIFEST}.tmp-{secrets.token_hex(4)}"
-        _write_durably(tmp, json.dumps(manifest, indent=1).encode())
-        os.replace(tmp, path / MANIFEST)
-        _fsync_dir(path)
+        write_json(path / MANIFEST, manifest)
         for old in [*path.glob("arrays-*.safetensors"), *path.glob(f"{MANIFEST}.tmp-*")]:
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -167,14 +164,27 @@ def _locked(path: Path, exclusive: bool):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_json(path: Path, value) -> None:
+    """Write `value` as JSON to `path` atomically and durably: a temporary file beside it
+    (NAME.tmp-*), fsync, rename over `path`, fsync of the folder."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+    write_durably(tmp, json.dumps(value, indent=1).encode())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write `data` to `path` and fsync it."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that the names created or removed in it are durable (no-op where
+    a directory cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -59,11 +59,7 @@ def agree(group, fn):
 
 def gather_ints(values: list[int], group) -> torch.Tensor:
     """i64[world, len(values)]: every rank's `values` (all_gather_into_tensor)."""
-    _, size = world(group)
-    mine = torch.tensor(values, dtype=torch.int64)
-    out = torch.empty((size, mine.numel()), dtype=torch.int64)
-    all_gather_tensor(out.view(-1), mine, group)
-    return out
+    return _gather_values(values, torch.int64, group)
 
 
 def gather_padded(t: torch.Tensor, counts: list[int], group) -> list[torch.Tensor]:
@@ -82,9 +78,14 @@ def gather_padded(t: torch.Tensor, counts: list[int], group) -> list[torch.Tenso
 
 def gather_floats(values: list[float], group) -> torch.Tensor:
     """f64[world, len(values)]: every rank's `values`."""
+    return _gather_values(values, torch.float64, group)
+
+
+def _gather_values(values: list, dtype: torch.dtype, group) -> torch.Tensor:
+    """[world, len(values)] of `dtype`: every rank's `values` (one all_gather_into_tensor)."""
     _, size = world(group)
-    mine = torch.tensor(values, dtype=torch.float64)
-    out = torch.empty((size, mine.numel()), dtype=torch.float64)
+    mine = torch.tensor(values, dtype=dtype)
+    out = torch.empty((size, mine.numel()), dtype=dtype)
     all_gather_tensor(out.view(-1), mine, group)
     return out
 

@@ -38,7 +38,6 @@ are used (never the pickling *_object calls).
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from .._types import SearchResult, check_metric
 from ..engine.rescore import answer
 from ..engine.table import prepare_rows
 from ..index import Index
+from ..io import write_json
 from ._comm import agree, gather_floats, gather_ints, gather_padded, route, world
 
 ROUTING = "id % world_size"
@@ -253,12 +253,7 @@ class ShardedIndex:
 
         def write():
             if self.rank == 0:
-                tmp = path / f".manifest-{os.getpid()}.tmp"
-                with open(tmp, "w") as f:
-                    json.dump(manifest, f, indent=1)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path / "manifest.json")
+                write_json(path / "manifest.json", manifest)
 
         agree(self.group, write)
 

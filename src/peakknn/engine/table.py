@@ -179,7 +179,8 @@ def check_scorable(x: torch.Tensor, name: str) -> None:
     if x.numel() == 0:
         return
     limit = math.sqrt(torch.finfo(torch.float32).max / (4 * x.shape[1]))
-    biggest = float(x.abs().amax())
+    low, high = torch.aminmax(x)  # one pass, no |x| copy
+    biggest = max(-float(low), float(high))
     if biggest > limit:
         raise ValueError(f"{name} has entries up to {biggest:.3g}: their inner products overflow float32 (at dim {x.shape[1]} entries must stay below {limit:.3g}; cosine has no such limit)")
 

@@ -337,8 +337,10 @@ class PartitionedIndex:
     def _search(self, queries, k, *, recall_target=None, probe=None, rerank=None, adaptive=None, allowed_ids=None, max_memory=DEFAULT_MEMORY) -> SearchResult:
         k = check_k(k)
         check_search_options(rerank, max_memory)
+        allowed = None  # slots of the allowed ids that are stored
         if allowed_ids is not None:
-            allowed_ids = as_id_set("allowed_ids", allowed_ids)
+            allowed = self._slots.lookup(as_id_set("allowed_ids", allowed_ids))
+            allowed = allowed[allowed >= 0]
         if recall_target is not None:
             recall_target = check_recall_target(recall_target)
             if probe is not None:
@@ -354,22 +356,20 @@ class PartitionedIndex:
         if len(self) == 0:  # like `peakknn.search` on a 0-row database: fillers only
             return answer(queries, empty_result(q.shape[0], k, self.metric))
         if not self.is_trained:  # few rows so far (< train_size): an exact scan of them
-            return answer(queries, self._exact_search(q, k, allowed_ids, max_memory))
+            return answer(queries, self._exact_search(q, k, allowed, max_memory))
         probe = min(probe, self.settings.partitions)
         gap = self._gap(probe) if adaptive else None
         considered = probe if gap is None else min(self._probe_gaps.shape[0], ADAPTIVE_SPREAD * probe)
-        bias = self._entries.lists.bias if allowed_ids is None else self._filtered_bias(allowed_ids)
+        bias = self._entries.lists.bias if allowed is None else self._filtered_bias(allowed)
         rank, slot = scan.search(self, q, k, considered, gap, self._rerank_depth(k, rerank), bias, max_memory)
         ids = self._slots.slot_ids[slot.cpu()].to(slot.device)
         result = finish(rank, ids, self.metric)
         return answer(queries, SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu()))
 
-    def _exact_search(self, q: torch.Tensor, k: int, allowed_ids, max_memory: int) -> SearchResult:
-        """Exact fp32 top-k over the stored vectors (those of allowed_ids): an untrained index."""
-        slots = self._slots.live_slots()
-        if allowed_ids is not None:
-            wanted = self._slots.lookup(as_id_set("allowed_ids", allowed_ids))
-            slots = np.intersect1d(slots, wanted[wanted >= 0])
+    def _exact_search(self, q: torch.Tensor, k: int, allowed: np.ndarray | None, max_memory: int) -> SearchResult:
+        """Exact fp32 top-k over the stored vectors (of the slots `allowed`, None = all): an
+        untrained index."""
+        slots = self._slots.live_slots() if allowed is None else np.unique(allowed)
         if slots.size == 0:
             return empty_result(q.shape[0], k, self.metric)
         slots_t = torch.from_numpy(slots).to(self.device)
@@ -379,11 +379,10 @@ class PartitionedIndex:
         result = finish(rank, ids, self.metric)
         return SearchResult(scores=result.scores.cpu(), ids=result.ids.cpu())
 
-    def _filtered_bias(self, allowed_ids) -> torch.Tensor:
-        """The pages' rank bias with -inf on every row whose id is not in allowed_ids."""
-        slots = self._slots.lookup(as_id_set("allowed_ids", allowed_ids))
+    def _filtered_bias(self, allowed: np.ndarray) -> torch.Tensor:
+        """The pages' rank bias with -inf on every row whose slot is not in `allowed`."""
         keep = torch.zeros(self._slots.capacity, dtype=torch.bool)
-        keep[torch.from_numpy(slots[slots >= 0])] = True
+        keep[torch.from_numpy(allowed)] = True
         return self._entries.masked_bias(keep)
 
     def _rerank_depth(self, k: int, rerank: int | None) -> int | None:

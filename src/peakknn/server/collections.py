@@ -52,6 +52,7 @@ import numpy as np
 from .. import Index, PartitionedIndex, PartitionSettings, SearchSettings
 from .. import load as load_index
 from .._locks import RWLock
+from ..io import fsync_dir, write_json
 from . import bodies, wal
 from .errors import BadRequest, Conflict, NotFound, Unavailable
 from .payloads import PayloadStore
@@ -466,7 +467,7 @@ class Store:
             tmp.mkdir()
             write_json(tmp / CONFIG, {"name": name, **config})
             os.replace(tmp, self.folder / name)
-            wal.fsync_dir(self.folder)
+            fsync_dir(self.folder)
             c = Collection.create(self.folder / name, name, config)
             self._collections[name] = c
         log.info("collection %s created: %s", name, config)
@@ -480,7 +481,7 @@ class Store:
             c.close(snapshot=False)
             trash = self.folder / f".trash-{name}-{secrets.token_hex(4)}"
             os.replace(c.folder, trash)
-            wal.fsync_dir(self.folder)
+            fsync_dir(self.folder)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("collection %s deleted", name)
 
@@ -498,12 +499,3 @@ class Store:
         self._lockfile.close()
 
 
-def write_json(path: Path, value) -> None:
-    """Write JSON to `path` atomically and durably (temporary file, fsync, rename, fsync dir)."""
-    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    wal.fsync_dir(path.parent)

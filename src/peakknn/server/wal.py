@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import fsync_dir
+
 log = logging.getLogger("peakknn.server.wal")
 
 MAGIC = b"PKNNWAL1"
@@ -363,17 +365,3 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _fdatasync(fd: int) -> None:
     (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that the names created or removed in it are durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
