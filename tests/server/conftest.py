@@ -1,9 +1,10 @@
 """Fixtures running the real server (`python -m peakknn serve` on 127.0.0.1, a free port, a
 temporary data folder; serve_helpers.ServerProcess):
 
-    server_url    the base URL of a session-wide server without a key (body limit 1 MiB)
+    server_url    the base URL of a session-wide server without a key (body limit 1 MiB): each test
+                  runs twice, on `peakknn serve` and on `serve --sharded` with 2 torchrun processes
     auth_server   a session-wide ServerProcess with API_KEY (its .url, .client())
-    serve         a factory: serve(api_key=None, args=(), data=None) -> a started ServerProcess,
+    serve         a factory: serve(api_key=None, args=(), data=None, shards=0) -> a started ServerProcess,
                   stopped (SIGTERM) at the end of the test; start() / stop() / kill() it freely
 
 Tests on the session-wide servers use collection names of their own (`unique_name`).
@@ -30,9 +31,10 @@ def unique_name(prefix: str = "c") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="session")
-def _session_server(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("serve") / "data", args=("--max-body-mb", BODY_LIMIT_MB)).start()
+@pytest.fixture(scope="session", params=[0, 2], ids=["single", "sharded2"])
+def _session_server(request, tmp_path_factory):
+    """The tests on `server_url` run against `peakknn serve` and against a 2-process sharded one."""
+    server = ServerProcess(tmp_path_factory.mktemp("serve") / "data", args=("--max-body-mb", BODY_LIMIT_MB), shards=request.param).start()
     yield server
     server.stop()
 
@@ -53,8 +55,8 @@ def auth_server(tmp_path_factory):
 def serve(tmp_path):
     started = []
 
-    def make(api_key=None, args=(), data=None) -> ServerProcess:
-        server = ServerProcess(data or tmp_path / f"data{len(started)}", api_key=api_key, args=args)
+    def make(api_key=None, args=(), data=None, shards=0) -> ServerProcess:
+        server = ServerProcess(data or tmp_path / f"data{len(started)}", api_key=api_key, args=args, shards=shards)
         started.append(server)
         return server.start()
 

@@ -1,7 +1,7 @@
 """The real server in a subprocess (`python -m peakknn serve`), for tests/server and
 benchmarks/serve_crash.py, plus a plain-Python evaluation of payload filters.
 
-    server = ServerProcess(data_dir, api_key=None, args=("--max-batch", "1")).start()
+    server = ServerProcess(data_dir, api_key=None, args=("--max-batch", "1")).start()   # shards=2: sharded
     with server.client() as http: http.get("/healthz")
     server.stop()            # SIGTERM, returns the exit code; server.kill(): SIGKILL; start() again
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 
 SERVE = [sys.executable, "-m", "peakknn", "serve"]
+# the sharded server: torchrun (as a module, no script on PATH needed) with `shards` processes
+SERVE_SHARDED = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "{shards}", "-m", "peakknn", "serve", "--sharded"]
 START_TIMEOUT = 120.0  # seconds to answer /healthz (torch import and log replay on a busy 2-core machine)
 
 
@@ -32,8 +34,11 @@ class ServerProcess:
     """One data folder served by a sequence of server processes (start / stop / kill / start ...).
     Each start takes a fresh free port (`url` changes) and appends to `log_path`."""
 
-    def __init__(self, data: Path, api_key: str | None = None, args=(), log_path: Path | None = None):
+    def __init__(self, data: Path, api_key: str | None = None, args=(), log_path: Path | None = None, shards: int = 0):
+        """shards: 0 for `peakknn serve`, N for `serve --sharded` under torchrun with N processes
+        (stop() then returns torchrun's exit code)."""
         self.data = Path(data)
+        self.shards = shards
         self.api_key = api_key
         self.args = [str(a) for a in args]
         self.log_path = Path(log_path) if log_path else self.data.with_name(self.data.name + "-server.log")
@@ -54,7 +59,8 @@ class ServerProcess:
     def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
         assert self.proc is None, "already running"
         self.port = free_port()
-        cmd = [*SERVE, "--data", str(self.data), "--port", str(self.port), *self.args]
+        launcher = [a.format(shards=self.shards) for a in SERVE_SHARDED] if self.shards else SERVE
+        cmd = [*launcher, "--data", str(self.data), "--port", str(self.port), *self.args]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         env = {k: v for k, v in os.environ.items() if k != "PEAKKNN_API_KEY"}

@@ -103,13 +103,15 @@ def create_app(
     max_body_bytes: int = DEFAULTS.max_body_bytes,
     snapshot_every: int = DEFAULTS.snapshot_every,
     snapshot_seconds: float = DEFAULTS.snapshot_seconds,
+    store=None,
 ) -> FastAPI:
     """The app over the collections in folder `data_dir`, which are opened (snapshots loaded,
     logs replayed) now; its lifespan runs the snapshot schedule and, at shutdown, snapshots and
     closes them. Options: `settings.ServerSettings` (ValueError when out of range); api_key: None
-    for no authentication."""
+    for no authentication; store: the collections when not a `collections.Store` of data_dir (the
+    sharded server passes its `sharded.ShardedStore`)."""
     settings = ServerSettings(max_batch, max_delay_ms, max_queue, max_body_bytes, snapshot_every, snapshot_seconds)
-    service = Service(data_dir, settings)
+    service = Service(data_dir, settings, store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -189,9 +189,10 @@ class Collection:
         return c
 
     # ----------------------------------------------------------------- writes
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray, payloads: list | None) -> int:
-        """Insert or replace points (vector and payload); returns the seq, once durable."""
-        if ids.size == 0:
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, payloads: list | None, *, log_empty: bool = False) -> int:
+        """Insert or replace points (vector and payload); returns the seq, once durable. No ids:
+        nothing is logged unless log_empty (the sharded server keeps every shard's seq in step)."""
+        if ids.size == 0 and not log_empty:
             return self._durable(self.wal.last_seq)
         with self._write_mutex, self._lock.write():
             self._usable()
@@ -214,9 +215,10 @@ class Collection:
             self._wrote()
         return self._durable(seq)
 
-    def delete(self, ids: np.ndarray) -> int:
-        """Delete points; NotFound (nothing deleted) if one is not stored. Returns the seq."""
-        if ids.size == 0:
+    def delete(self, ids: np.ndarray, *, log_empty: bool = False) -> int:
+        """Delete points; NotFound (nothing deleted) if one is not stored. Returns the seq (no
+        ids: as for upsert)."""
+        if ids.size == 0 and not log_empty:
             return self._durable(self.wal.last_seq)
         with self._write_mutex, self._lock.write():
             self._usable()
@@ -233,6 +235,24 @@ class Collection:
                 self.payloads.delete(ids)
             self._wrote()
         return self._durable(seq)
+
+    def train(self) -> bool:
+        """Train a partitioned collection that is not trained yet on its points now (the sharded
+        server does so on every shard once the whole collection holds train_size points). False
+        when flat, trained already, or too small to train (it goes on scanning exactly)."""
+        if not self.partitioned:
+            return False
+        with self._write_mutex, self._lock.write():
+            self._usable()
+            if self.index.is_trained or len(self.index) == 0:
+                return False
+            try:
+                self.index.train()
+            except ValueError as e:  # too few points for its settings: refused before changing anything
+                log.info("collection %s: not trained on %d points: %s", self.name, len(self.index), e)
+                return False
+            self._wrote()  # the next snapshot keeps the training
+        return True
 
     # ----------------------------------------------------------------- reads
     def get(self, ids: np.ndarray, with_vectors: bool, with_payload: bool) -> list[dict]:
@@ -310,6 +330,14 @@ class Collection:
         if self.failed is not None:
             info["failed"] = self.failed
         return info
+
+    def figures(self) -> dict:
+        """The gauges of /stats and /metrics: count, memory_bytes, wal_bytes, seq, fsyncs,
+        snapshot_seq, last_snapshot."""
+        return {
+            "count": len(self.index), "memory_bytes": int(self.index.memory_bytes), "wal_bytes": self.wal.bytes,
+            "seq": self.wal.last_seq, "fsyncs": self.wal.fsyncs, "snapshot_seq": self.snapshot_seq, "last_snapshot": self.last_snapshot,
+        }  # fmt: skip
 
     # ----------------------------------------------------------------- snapshots
     def snapshot_due(self, every: int, seconds: float, now: float) -> bool:

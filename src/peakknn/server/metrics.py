@@ -104,10 +104,11 @@ class _LiveState:
             "fsyncs": CounterMetricFamily("peakknn_wal_fsyncs", "write-ahead log fsyncs", labels=["collection"]),
         }
         for name, c, batcher in self.state():
-            families["points"].add_metric([name], len(c.index))
-            families["memory"].add_metric([name], c.index.memory_bytes)
+            f = c.figures()
+            families["points"].add_metric([name], f["count"])
+            families["memory"].add_metric([name], f["memory_bytes"])
             families["queue"].add_metric([name], batcher.queue_depth if batcher is not None else 0)
-            families["wal_bytes"].add_metric([name], c.wal.bytes)
-            families["wal_seq"].add_metric([name], c.wal.last_seq)
-            families["fsyncs"].add_metric([name], c.wal.fsyncs)
+            families["wal_bytes"].add_metric([name], f["wal_bytes"])
+            families["wal_seq"].add_metric([name], f["seq"])
+            families["fsyncs"].add_metric([name], f["fsyncs"])
         yield from families.values()

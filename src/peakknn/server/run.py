@@ -48,16 +48,47 @@ def serve(args) -> int:
         max_body_bytes=int(args.max_body_mb * (1 << 20)), snapshot_every=args.snapshot_every, snapshot_seconds=args.snapshot_seconds,
     )  # fmt: skip
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = None
+    if getattr(args, "sharded", False):
+        from . import sharded
+
+        rank, world_size = sharded.start_group()
+        if rank != 0:
+            return _serve_shard(args.data, rank, world_size)
+        store = _open(lambda: sharded.ShardedStore(args.data))
+        log.info("peakknn serve --sharded: rank 0 of %d", world_size)
     try:
-        app = create_app(args.data, api_key=key, **{f: getattr(settings, f) for f in settings.__dataclass_fields__})
+        app = _open(lambda: create_app(args.data, api_key=key, store=store, **{f: getattr(settings, f) for f in settings.__dataclass_fields__}))
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.log_level, lifespan="on",
+                                timeout_graceful_shutdown=GRACEFUL_SECONDS, access_log=args.log_level == "debug")  # fmt: skip
+        server = _graceful_server(config)
+        log.info("peakknn serve: %s on http://%s:%d%s", args.data, args.host, args.port, " (API key required)" if key else "")
+        server.run()
+    finally:
+        if store is not None:
+            store.close()  # the other ranks wait for it (a no-op after the app's shutdown closed it)
+    return 0 if server.started else 1
+
+
+def _open(make):
+    try:
+        return make()
     except RuntimeError as e:  # the folder is in use
         raise ValueError(str(e)) from None
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.log_level, lifespan="on",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS, access_log=args.log_level == "debug")  # fmt: skip
-    server = _graceful_server(config)
-    log.info("peakknn serve: %s on http://%s:%d%s", args.data, args.host, args.port, " (API key required)" if key else "")
-    server.run()
-    return 0 if server.started else 1
+
+
+def _serve_shard(data, rank: int, world_size: int) -> int:
+    """A rank > 0 of `serve --sharded`: its own store, rank 0's commands until "close"."""
+    from . import sharded
+    from .collections import Store
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun forwards them: rank 0 decides when to stop
+        signal.signal(sig, signal.SIG_IGN)
+    store = _open(lambda: Store(sharded.shard_folder(data, rank)))
+    log.info("peakknn serve --sharded: rank %d of %d, %s", rank, world_size, store.root)
+    sharded.serve_commands(sharded.Shard(store, rank, world_size), sharded.Channel())
+    log.info("peakknn serve --sharded: rank %d closed", rank)
+    return 0
 
 
 def _graceful_server(config):

@@ -35,9 +35,9 @@ class Service:
     """The store of collections (opened, and recovered, at construction), one batcher per
     collection, the snapshot schedule and the metrics."""
 
-    def __init__(self, data_dir, settings: ServerSettings):
+    def __init__(self, data_dir, settings: ServerSettings, store=None):
         self.settings = settings
-        self.store = Store(data_dir)
+        self.store = Store(data_dir) if store is None else store  # store: a sharded.ShardedStore (same methods)
         self._writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="peakknn-write")
         self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="peakknn-read")
         self._searches = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="peakknn-search")
@@ -152,12 +152,14 @@ class Service:
         return await self._in(self._reads, self.metrics.text)
 
     def _stats(self) -> dict:
-        cs = self.store.collections()
+        figures = {c.name: (c, c.figures()) for c in self.store.collections()}
         return {
-            "collections": {c.name: {k: v for k, v in c.info().items() if k in ("dim", "metric", "index", "count", "memory_bytes")} for c in cs},
+            "collections": {name: {"dim": c.config["dim"], "metric": c.config["metric"], "index": c.config["index"], "count": f["count"],
+                                   "memory_bytes": f["memory_bytes"]} for name, (c, f) in figures.items()},
             "batcher": {"queue_depth": sum(b.queue_depth for b in list(self._batchers.values())), **self.metrics.batcher_stats()},
-            "wal": {c.name: {"bytes": c.wal.bytes, "seq": c.wal.last_seq, "last_snapshot": c.last_snapshot, "snapshot_seq": c.snapshot_seq, "fsyncs": c.wal.fsyncs} for c in cs},
-        }
+            "wal": {name: {"bytes": f["wal_bytes"], "seq": f["seq"], "last_snapshot": f["last_snapshot"], "snapshot_seq": f["snapshot_seq"],
+                           "fsyncs": f["fsyncs"]} for name, (c, f) in figures.items()},
+        }  # fmt: skip
 
     def _state(self) -> list:
         return [(c.name, c, self._batchers.get(c)) for c in self.store.collections()]
