@@ -94,6 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lib-seconds", type=float, default=3.0, help="seconds of in-process batched search (default: %(default)s)")
     p.add_argument("--add-repeat", type=int, default=3, help="in-process Index.add builds, median (default: %(default)s)")
     p.add_argument("--verify", type=int, default=32, help="queries checked against the in-process index (default: %(default)s)")
+    p.add_argument("--server-args", default="", help="more `peakknn serve` options of the batched server, e.g. '--threads 1'")
     p.add_argument("--max-batch", type=int, default=None, help="--max-batch of the batched server (default: the server's)")
     p.add_argument("--max-delay-ms", type=float, default=None, help="--max-delay-ms of the batched server (default: the server's)")
     p.add_argument("--profile", default=None, help="folder: run the servers under cProfile and write their profiles there")
@@ -554,7 +555,7 @@ def main(argv=None) -> int:
         if prof:
             prof.mkdir(parents=True, exist_ok=True)
         on_args = [*(["--max-batch", str(args.max_batch)] if args.max_batch else []),
-                   *(["--max-delay-ms", str(args.max_delay_ms)] if args.max_delay_ms is not None else [])]  # fmt: skip
+                   *(["--max-delay-ms", str(args.max_delay_ms)] if args.max_delay_ms is not None else []), *shlex.split(args.server_args)]  # fmt: skip
         servers = {
             "batched": Server("batched", tmp / "batched", on_args, prof / "batched.prof" if prof else None),
             "unbatched": Server("unbatched", tmp / "unbatched", ["--max-batch", "1"], prof / "unbatched.prof" if prof else None),

@@ -17,6 +17,8 @@ Modules, along the seams of a request:
     metrics.py      Prometheus metrics (own registry per app) and the figures /stats shows
     settings.py     the server's options and their defaults (no dependencies: the CLI reads them)
     run.py          `peakknn serve`: logging, host / key checks, uvicorn, graceful stop
+    sharded.py      `serve --sharded` under torchrun: a store per rank, commands broadcast from
+                    rank 0 (JSON + raw arrays over torch.distributed), answers merged on rank 0
 """
 
 from __future__ import annotations

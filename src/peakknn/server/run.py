@@ -48,6 +48,10 @@ def serve(args) -> int:
         max_body_bytes=int(args.max_body_mb * (1 << 20)), snapshot_every=args.snapshot_every, snapshot_seconds=args.snapshot_seconds,
     )  # fmt: skip
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     store = None
     if getattr(args, "sharded", False):
         from . import sharded
