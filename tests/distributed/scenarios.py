@@ -315,7 +315,9 @@ def errors(rank: int, world: int, out, **_) -> dict:
         "bad_ids_type": (lambda: idx.add(torch.ones(2, dim), ids=[0.5, 1.5] if bad else [10_000 + 2 * rank, 10_001 + 2 * rank]), TypeError),
         "remove_bad": (lambda: idx.remove([-1] if bad else []), ValueError),
         "dim_differs": (lambda: ShardedIndex(dim + bad, metric="l2"), ValueError, "dim, metric"),
-        "kind_partitioned": (lambda: ShardedIndex(dim, kind="partitioned" if bad else "flat"), ValueError),
+        "bad_kind": (lambda: ShardedIndex(dim, kind="tree" if bad else "flat"), ValueError),
+        "kind_differs": (lambda: ShardedIndex(dim, kind="partitioned" if bad else "flat"), ValueError, "dim, metric"),
+        "train_flat": (lambda: idx.train(), ValueError, "train() needs kind='partitioned'"),
     }
     for name, (fn, kind, *group_wide) in cases.items():  # group-wide checks fail on every rank alike
         d = _raises(fn, kind, group_wide[0] if group_wide else prefix)

@@ -107,3 +107,81 @@ def route(owner: torch.Tensor, tensors: list[torch.Tensor], group) -> list[torch
         dist.all_to_all_single(got.view(-1), t.view(-1), [r * width for r in recv], [s * width for s in sends], group=group)
         out.append(got)
     return out
+
+
+def shares(counts: list[int], total: int) -> list[int]:
+    """How many of `total` rows each holder of counts[r] rows contributes: proportional to its
+    count, largest remainders rounded up (so they add up to total), never more than its count
+    (total <= sum(counts))."""
+    have = sum(counts)
+    if total >= have:
+        return list(counts)
+    exact = [c * total / have for c in counts]
+    out = [int(e) for e in exact]
+    for r in sorted(range(len(counts)), key=lambda r: (out[r] - exact[r], r))[: total - sum(out)]:
+        out[r] += 1
+    return out
+
+
+def root_rank(group) -> int:
+    """The global rank of the group's rank 0 (the `src` / `dst` of broadcast and gather)."""
+    return 0 if group is None else dist.get_global_rank(group, 0)
+
+
+_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.int8)
+_HEADER = 6  # per tensor: present, dtype code, ndim (<= 4), dims
+
+
+def broadcast_tensors(tensors: list[torch.Tensor | None] | None, count: int, group) -> list[torch.Tensor | None]:
+    """Rank 0's `count` tensors (any of them None; dtypes of _DTYPES, at most 4 dims) on every
+    rank: one broadcast of their shapes, then one per tensor. The other ranks pass None."""
+    rank, _ = world(group)
+    header = torch.zeros((count, _HEADER), dtype=torch.int64)
+    if rank == 0:
+        for i, t in enumerate(tensors):
+            if t is not None:
+                header[i, :3] = torch.tensor([1, _DTYPES.index(t.dtype), t.ndim])
+                header[i, 3 : 3 + t.ndim] = torch.tensor(t.shape)
+    dist.broadcast(header, src=root_rank(group), group=group)
+    out = []
+    for i, (present, code, ndim, *dims) in enumerate(header.tolist()):
+        if not present:
+            out.append(None)
+            continue
+        t = tensors[i].contiguous() if rank == 0 else torch.empty(dims[:ndim], dtype=_DTYPES[code])
+        dist.broadcast(t, src=root_rank(group), group=group)
+        out.append(t)
+    return out
+
+
+def gather_to_root(t: torch.Tensor, counts: list[int], group) -> torch.Tensor | None:
+    """Every rank's rows of t ([counts[rank], ...]) concatenated on rank 0 (rank order; padded to
+    max(counts) rows for one `dist.gather`); None on the other ranks."""
+    rank, size = world(group)
+    most = max(counts)
+    if most == 0:
+        return t[:0].clone() if rank == 0 else None
+    pad = torch.zeros((most, *t.shape[1:]), dtype=t.dtype)
+    pad[: t.shape[0]] = t
+    bufs = [torch.empty_like(pad) for _ in range(size)] if rank == 0 else None
+    dist.gather(pad, bufs, dst=root_rank(group), group=group)
+    return torch.cat([b[: counts[r]] for r, b in enumerate(bufs)]) if rank == 0 else None
+
+
+class Reducer:
+    """`quant.avq.Reduce` over the ranks of `group`: "sum" and "max" with `dist.all_reduce`;
+    "lossy_sum" with `all_reduce_quantized` (int8 blocks) when `quantized` and the tensor is
+    floating point, else exactly. The result replaces the tensor (returned too)."""
+
+    def __init__(self, group, quantized: bool = False):
+        self.group, self.quantized = group, quantized
+
+    def __call__(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        if op == "lossy_sum" and self.quantized and t.is_floating_point():
+            from .quantized import all_reduce_quantized
+
+            return all_reduce_quantized(t, op="sum", group=self.group)
+        if op not in ("sum", "lossy_sum", "max"):
+            raise ValueError(f"op must be 'sum', 'lossy_sum' or 'max', got {op!r}")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=self.group)
+        return t

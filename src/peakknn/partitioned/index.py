@@ -200,12 +200,19 @@ class PartitionedIndex:
         if self._auto_partitions:
             settings = dataclasses.replace(settings, partitions=partitions_for(max(len(self), x.shape[0])))
         trained = training.fit(x, settings, self.metric, self.search_settings.probe)
+        self._install(trained, settings, self._calibrate)
+
+    def _install(self, trained: training.Trained, settings: PartitionSettings, calibrate) -> None:
+        """Adopt what training learned (settings: with the partition count it used) and place
+        every stored row; a compressed-only index then runs calibrate() (the recall curves need
+        the vectors) and drops its vectors. peakknn.distributed installs what the ranks trained
+        together through this, under the write lock, with a calibration over every shard."""
         self.settings = settings  # only once training has succeeded
         self._set_trained(trained)
         slots = self._slots.live_slots()
         self._place(slots, self._vectors[slots])
         if not self.settings.keep_vectors:  # measured now, while the vectors are still here
-            self._calibrate()
+            calibrate()
             self._vectors = self._vectors[:0]
 
     @writes

@@ -16,7 +16,7 @@ import dataclasses
 import torch
 
 from ..engine.table import ScanFrame, in_frame, rank_bias, scan_side
-from ..quant.avq import assignment_loss, avq_kmeans, eta_from_threshold
+from ..quant.avq import Reduce, assignment_loss, avq_kmeans, eta_from_threshold
 from ..quant.codes import Int8Codes, ProductQuantizer, calibrated_dims, principal_directions
 from .settings import ADAPTIVE_SPREAD, GAP_COLUMNS, SCAN_K, SCAN_RECALL, PartitionSettings
 
@@ -172,12 +172,15 @@ def probe_gaps(sample: torch.Tensor, centres: torch.Tensor, metric: str, frame: 
     return out.to(centres.device)
 
 
-def by_popularity(centres: torch.Tensor, sample: torch.Tensor, metric: str, probe: int, frame: ScanFrame | None = None) -> torch.Tensor:
+def by_popularity(centres: torch.Tensor, sample: torch.Tensor, metric: str, probe: int, frame: ScanFrame | None = None, reduce: Reduce | None = None) -> torch.Tensor:
     """centres reordered from the most to the least often probed by the sample's rows (as
     queries, `probe` partitions each). Partition ids then follow popularity, and so does the page
     layout: consecutive pages get similar numbers of queries, and the batched products that
-    score runs of pages (padded to their busiest page) waste little."""
+    score runs of pages (padded to their busiest page) waste little. reduce (`quant.avq.Reduce`):
+    the sample is one holder's part, and the counts are summed over every holder."""
     hits = torch.zeros(centres.shape[0], dtype=torch.int64)
     for _, probed in best_centres(sample, centres, metric, min(probe, centres.shape[0]), frame):
         hits += torch.bincount(probed.reshape(-1).cpu(), minlength=centres.shape[0])
+    if reduce is not None:
+        hits = reduce(hits, "sum")
     return centres[torch.argsort(hits, descending=True, stable=True).to(centres.device)].contiguous()
