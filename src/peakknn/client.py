@@ -257,6 +257,13 @@ class Collection:
         ids = as_id_set("ids", ids)
         self.client._request("POST", f"{self._path}/points/delete", json={"ids": ids.tolist()})
 
+    def calibrate(self, queries) -> dict:
+        """Measure a trained partitioned collection's recall curves on queries f32[m, dim], a
+        sample of the queries you will search with, so that recall_target holds for queries like
+        them (`PartitionedIndex.calibrate`). Returns {"calibrated": m, "recall_curves": ...}."""
+        q = self._matrix(queries, "queries")
+        return self.client._request("POST", f"{self._path}/calibrate", json=_vectors(q))
+
     # ----------------------------------------------------------------- reads
     def get(self, ids, with_vectors: bool = True) -> Points:
         """The stored points of `ids` (order kept, unknown ids left out, as the server does)."""

@@ -80,23 +80,32 @@ def probe_ladder(partitions: int) -> list[int]:
     return out + [partitions]
 
 
-def measure(index, x: torch.Tensor, row_ids: np.ndarray, ks=KS, queries: int = QUERIES, seed: int = 0) -> dict[int, RecallCurve]:
+def measure(index, x: torch.Tensor, row_ids: np.ndarray, ks=KS, queries: int = QUERIES, seed: int = 0,
+            sample: torch.Tensor | None = None) -> dict[int, RecallCurve]:
     """Recall curves of `index` for each k in ks (module docstring).
 
     x: f32[n, dim] the rows stored in the index and row_ids i64[n] their ids (the exact top-k is
-    computed over them). Probes are climbed until every curve reaches STOP_RECALL.
+    computed over them). sample: f32[m, dim] queries to measure with (the caller's own, as its
+    searches will ask; nothing is left out of their results), else `queries` of the rows (seeded).
+    Probes are climbed until every curve reaches STOP_RECALL.
     """
     n = x.shape[0]
     if n < MIN_ROWS:
         return {}
     ks = [k for k in ks if k < n - 1] or [max(1, n - 2)]
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(n, size=min(queries, n), replace=False))
-    q = x[torch.from_numpy(pick).to(x.device)]
     kmax = max(ks)
-    truth = exact_search(x, q, kmax + 1, index.metric)  # row numbers, the query's own row among them
-    truth_ids = row_ids[truth]
-    own = row_ids[pick]
+    if sample is not None:
+        q = sample.to(x.device)
+        truth_ids = row_ids[exact_search(x, q, kmax + 1, index.metric)]
+        own = np.full(q.shape[0], -1, dtype=np.int64)  # no stored id is -1: nothing is left out
+        pick = np.arange(q.shape[0])
+    else:
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(n, size=min(queries, n), replace=False))
+        q = x[torch.from_numpy(pick).to(x.device)]
+        truth = exact_search(x, q, kmax + 1, index.metric)  # row numbers, the query's own row among them
+        truth_ids = row_ids[truth]
+        own = row_ids[pick]
     curves = {k: ([], []) for k in ks}
     for probe in probe_ladder(index.settings.partitions):
         for k in ks:  # one search per k: the re-ranking depth follows k

@@ -88,6 +88,7 @@ class PartitionedIndex:
         self._trained: training.Trained | None = None  # centres, codec, projection, probe gaps
         self._curves: dict[int, calibration.RecallCurve] = {}  # recall per probe, per k (calibration)
         self._curves_stale = False  # True from a training until the curves are measured again
+        self._calibration_queries: torch.Tensor | None = None  # calibrate(queries): measured on these, not on rows
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -216,22 +217,33 @@ class PartitionedIndex:
             self._vectors = self._vectors[:0]
 
     @writes
-    def calibrate(self) -> None:
-        """Measure the recall curves behind `search(recall_target=...)` on the stored rows now
-        (`partitioned.calibration`). Otherwise the first such search measures them, and measures
-        again once the index has grown CALIBRATE_GROWTH-fold; a compressed-only index
-        (keep_vectors=False) measures them at training, while it still has the vectors."""
+    def calibrate(self, queries=None) -> None:
+        """Measure the recall curves behind `search(recall_target=...)` now (`partitioned.calibration`).
+
+        queries None: on stored rows as queries (what the first search with a recall target does
+        by itself, and again once the index has grown CALIBRATE_GROWTH-fold), so the target holds
+        for queries distributed like the rows. queries f32[m, dim] (m >= 1; a few hundred give a
+        tight curve): on these, a sample of the queries searches will ask, so the target holds
+        for queries like them; use it when queries come from elsewhere than the rows (questions
+        against passages, another model's embeddings), where the rows' curve can promise too much.
+        The sample is kept (and saved) and measured on again when the index has grown.
+        A compressed-only index (keep_vectors=False) measures on rows at training only."""
         if not self.is_trained:
             raise ValueError("the index is not trained: train it first")
         if not self.settings.keep_vectors:
             raise ValueError("a compressed-only index (keep_vectors=False) is calibrated at training only")
+        if queries is not None:
+            q = self._prepare(queries, "queries")
+            if q.shape[0] == 0:
+                raise ValueError("queries holds no row: pass at least one query to calibrate on")
+            self._calibration_queries = q
         self._calibrate()
 
     def _calibrate(self) -> None:
         slots = self._slots.live_slots()
         x = self._vectors[torch.from_numpy(slots).to(self.device)]
         ids = self._slots.slot_ids[torch.from_numpy(slots)].numpy()
-        self._curves = calibration.measure(self, x, ids, seed=self.settings.seed)
+        self._curves = calibration.measure(self, x, ids, seed=self.settings.seed, sample=self._calibration_queries)
         self._curves_stale = False
 
     @property

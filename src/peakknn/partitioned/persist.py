@@ -58,6 +58,8 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
         arrays.update(index._trained.frame.arrays("frame_"))
         if index._curves:
             arrays["recall_curves"] = torch.cat([c.as_array() for c in index._curves.values()])
+    if index._calibration_queries is not None:
+        arrays["calibration_queries"] = index._calibration_queries
     arrays["ids"] = index._slots.slot_ids[slots]
     if index.settings.keep_vectors or not index.is_trained:  # an empty index saves f32[0, dim]
         arrays["vectors"] = index._vectors[slots.to(index.device)] if index._vectors.shape[0] else index._vectors[:0]
@@ -156,6 +158,11 @@ def _restore(index, arrays: dict, ids: np.ndarray, vectors: torch.Tensor | None,
     if "recall_curves" in arrays:  # absent from files written before calibration
         index._curves = calibration.curves_from_array(arrays["recall_curves"], where)
         index._curves_stale = False
+    if "calibration_queries" in arrays:  # calibrate(queries=...)
+        q = arrays["calibration_queries"]
+        if q.dtype != torch.float32 or q.ndim != 2 or q.shape[1] != dim or q.shape[0] == 0 or not bool(torch.isfinite(q).all()):
+            raise ValueError(f"{where}: array 'calibration_queries' must be finite f32[m >= 1, {dim}]")
+        index._calibration_queries = q.to(index.device)
     slots = index._take_slots(count)
     index._slots.assign(slots, ids)
     if vectors is not None:

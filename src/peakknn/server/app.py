@@ -48,6 +48,13 @@ needs `Authorization: Bearer KEY` or `api-key: KEY` (else 401).
                                            "should": [...], "must_not": [...]} (payloads.py: cond is
                                            {"key", "match"} | {"key", "any"} | {"key", "range"} or a
                                            nested filter)
+    POST   /collections/{name}/calibrate   {"vectors": [[...], ...] (or "vectors_b64")}: a sample of
+                                           the queries searches will send; a trained partitioned
+                                           collection measures its recall curves on them, so its
+                                           recall target holds for such queries (use it when queries
+                                           are not distributed like the points) -> {"calibrated": m,
+                                           "recall_curves": {k: {"probes", "recall"}}}; flat or not
+                                           yet trained -> 400
     GET    /metrics                        Prometheus text format (metrics.py)
     GET    /stats                          JSON for the dashboard: {"collections": {name: {"dim",
                                            "metric", "index", "count", "memory_bytes"}}, "batcher":
@@ -169,6 +176,10 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/collections/{name}/search")
     async def search(name: str, request: Request):
         return Response(await service.search(name, await request.body()), media_type="application/json")
+
+    @app.post("/collections/{name}/calibrate")
+    async def calibrate(name: str, request: Request):
+        return await service.calibrate(name, await request.body())
 
     @app.get("/metrics")
     async def metrics():

@@ -301,6 +301,17 @@ class Search:
         return (self.k, self.recall_target, self.probe, None if self.filter is None else self.filter.key)
 
 
+def calibration(raw: bytes, dim: int, metric: str) -> np.ndarray:
+    """f32[m >= 1, dim]: the queries of a calibrate request {"vectors" | "vectors_b64"}."""
+    body = json_object(raw)
+    check_fields(body, {"vectors", "vectors_b64"})
+    q = vectors(body, dim, name="queries")
+    if q.shape[0] == 0:
+        raise BadRequest("vectors holds no query")
+    zero_rows_for_cosine(q, metric)
+    return q
+
+
 def search(raw: bytes, dim: int, metric: str, partitioned: bool) -> Search:
     body = json_object(raw)
     check_fields(body, {"vectors", "vectors_b64", "k", "recall_target", "probe", "filter", "with_payload"})

@@ -254,6 +254,24 @@ class Collection:
             self._wrote()  # the next snapshot keeps the training
         return True
 
+    def calibrate(self, queries: np.ndarray) -> dict:
+        """Measure a trained partitioned collection's recall curves on these queries
+        (`PartitionedIndex.calibrate`): its recall target then holds for queries like them. Kept
+        with the next snapshot. -> {"calibrated": m, "recall_curves": {k: {"probes", "recall"}}}."""
+        if not self.partitioned:
+            raise BadRequest(f"collection {self.name!r} is flat: its recall target needs no calibration")
+        with self._write_mutex, self._lock.write():
+            self._usable()
+            if not self.index.is_trained:
+                raise BadRequest(f"collection {self.name!r} is not trained yet (it scans its points exactly): calibrate once it holds train_size points")
+            try:
+                self.index.calibrate(queries)
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+            self._wrote()
+            curves = self.index.recall_curves
+        return {"calibrated": int(queries.shape[0]), "recall_curves": {str(k): {"probes": p, "recall": r} for k, (p, r) in curves.items()}}
+
     # ----------------------------------------------------------------- reads
     def get(self, ids: np.ndarray, with_vectors: bool, with_payload: bool) -> list[dict]:
         """[{"id", "vector"?, "payload"?}] of the stored ones of `ids` (unique, in order)."""

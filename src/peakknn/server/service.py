@@ -125,6 +125,10 @@ class Service:
 
         return await self._in(self._writes, work)
 
+    async def calibrate(self, name: str, raw: bytes) -> dict:
+        c = self.store.get(name)
+        return await self._in(self._writes, lambda: c.calibrate(bodies.calibration(raw, c.config["dim"], c.config["metric"])))
+
     async def get_points(self, name: str, raw: bytes) -> bytes:
         c = self.store.get(name)
 

@@ -195,6 +195,9 @@ class Shard:
             at += r["n"]
         return {"results": c.search(requests)}, {}
 
+    def _calibrate(self, header, arrays):
+        return self.store.get(header["name"]).calibrate(arrays["queries"]), {}
+
     def _snapshot(self, header, arrays):
         return {"snapshotted": self.store.get(header["name"]).snapshot()}, {}
 
@@ -360,6 +363,14 @@ class ShardedCollection:
             per_shard = [reply["results"][i]["results"] for reply, _ in replies]
             out.append({"results": [_merge([s[q] for s in per_shard], r.k, descending, r.with_payload) for q in range(r.queries.shape[0])]})
         return out
+
+    def calibrate(self, queries: np.ndarray) -> dict:
+        """Every shard measures its curves on the queries (each then meets the target over its
+        own points); rank 0's curves are answered, with "shards"."""
+        with self._write_mutex:
+            (reply, _), *_ = self._call("calibrate", arrays={"queries": queries})
+            self._wrote()
+        return {**reply, "shards": self.store.world_size}
 
     def info(self) -> dict:
         infos = [r["info"] for r, _ in self._call("info")]
