@@ -6,6 +6,7 @@
     index = peakknn.Index(128, metric="cos"); index.add(vectors); index.search(queries, 10)
     big = peakknn.PartitionedIndex(128, settings=peakknn.PartitionSettings(codes="pq4")); big.add(vectors)
     index = peakknn.load("saved.index")   # an Index or a PartitionedIndex, as saved
+    layer = peakknn.nn.TopK(k=32)         # top-k activation (imported on first use)
 
 Importing peakknn starts no CUDA and loads no optional dependency. The layers, and where each
 piece lives, are described in docs/ARCHITECTURE.md.
@@ -22,7 +23,11 @@ __version__ = "0.1.0"
 __all__ = ["Index", "PartitionSettings", "PartitionedIndex", "SearchResult", "SearchSettings", "approx_topk", "bins_for_recall", "expected_recall", "load", "search"]
 
 
-def __getattr__(name):  # peakknn.Client: httpx is imported on first use, not with peakknn
+def __getattr__(name):  # peakknn.Client (httpx) and peakknn.nn are imported on first use, not with peakknn
     if name == "Client":
         return __import__("peakknn.client", fromlist=["Client"]).Client
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module("peakknn.nn")
     raise AttributeError(f"module 'peakknn' has no attribute {name!r}")

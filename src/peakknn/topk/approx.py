@@ -1,34 +1,40 @@
 """approx_topk: a drop-in for torch.topk built on the two-stage (binned) top-k.
 
-    values, indices = approx_topk(x, k, dim=-1, recall_target=0.95)
+    values, indices = approx_topk(x, k, dim=-1, recall_target=0.95)                # per_bin chosen
+    values, indices = approx_topk(x, k, recall_target=0.95, per_bin=4, sorted=False)
 
 x: float[..., n, ...] (fp32/fp16/bf16/fp64, any rank, any dim, any strides).
 Semantics (exactly those of `reference.approx_topk_reference`): with L bins from
-`plan_bins(n, k, recall_target, per_bin)`, element j of `dim` goes to bin j mod L, each bin keeps
-its best `per_bin`, and the result is the exact, sorted top-k over the winners. The expected
-recall against torch.topk is >= recall_target when the true top-k fall into bins at random
-(strided bins keep contiguous runs of large values apart). recall_target=1.0 is torch.topk.
-Values are gathered from x, so gradients flow to the selected entries as with torch.topk.
-A row holding NaN is answered by torch.topk itself (NaN ranks above +inf, as there) on the torch
-path; the Triton kernel ranks NaN as +inf (first when largest, last when smallest).
+`plan.topk_bins(n, k, recall_target, per_bin)` (a prime), element j of `dim` goes to bin j mod L, each bin keeps
+its best `per_bin` (the earlier element among equal values), and the result is the exact top-k
+over the winners. The expected recall against torch.topk is >= recall_target when the true
+top-k fall into bins at random (strided bins keep contiguous runs of large values apart, and
+a prime L spreads the peaks of periodic rows).
+recall_target=1.0 is torch.topk. per_bin=None (the default) takes the per_bin and L (or the
+exact torch.topk) that the cost model (`costs`) predicts fastest for the rows, n, k, dtype and
+device; `plan.plan_topk` tells which. Values are gathered from x, so gradients flow to the
+selected entries as with torch.topk. A row holding NaN is answered by torch.topk itself (NaN
+ranks above +inf, as there) on the torch path; the Triton kernels rank NaN as +inf (first when
+largest, last when smallest). -0.0 ranks just below +0.0 on the per_bin > 1 torch path.
 
-Fast path (per_bin == 1): one pass over x computes the best of each bin inside tiles of
-TILE_GROUPS * L consecutive elements (a strided max over a [tiles, TILE_GROUPS, L] view, no
-index bookkeeping), then an exact top-k picks the winning bins, and only the winning tiles are
-revisited to recover the index. per_bin > 1 runs the plain reference.
+Paths (binned.py, kernels/bin_winners.py): per_bin == 1 on torch, a strided max over tiles and
+a revisit of the winning tiles; per_bin > 1 on torch (fp32/fp16/bf16), a max / min network over
+packed integer keys; fp64 with per_bin > 1 runs the reference; CUDA tensors with triton
+installed run `bin_winners` / `bin_top`, which keep each lane's best per_bin in registers.
 """
 
 from __future__ import annotations
+
+import math
+import threading
 
 import torch
 
 from .. import _backend
 from .._checks import check_k, check_per_bin, check_recall_target
-from .plan import plan_bins
-from .reference import approx_topk_reference
-
-TILE_GROUPS = 16  # rows of bins per tile: index recovery revisits TILE_GROUPS elements per winner
-_BLOCK_ELEMENTS = 1 << 26  # rows are processed in blocks of about this many elements (bounded memory)
+from . import binned
+from .plan import TopkPlan, plan_topk
+from .reference import reference_rows
 
 
 def approx_topk(
@@ -39,23 +45,26 @@ def approx_topk(
     sorted: bool = True,
     *,
     recall_target: float = 0.95,
-    per_bin: int = 1,
+    per_bin: int | None = None,
     backend: str = "auto",
 ) -> torch.return_types.topk:
     """Approximate top-k of x along dim: `torch.return_types.topk(values, indices)`, shaped as
     torch.topk's, with the same positional arguments (x, k, dim, largest, sorted).
 
-    The results are always sorted (best first), so sorted=False changes nothing; gradients flow
-    to the selected entries of x. backend: "auto" (Triton kernel for CUDA tensors when triton is
-    installed), "torch" or "triton" (CUDA, or CPU under TRITON_INTERPRET=1); see peakknn._backend.
+    sorted=True returns the k best first; sorted=False leaves them in an unspecified order (as
+    torch.topk may), which saves a sort. per_bin: the winners each bin keeps (an int >= 1), or
+    None to let the cost model choose. Gradients flow to the selected entries of x. backend:
+    "auto" (Triton kernels for CUDA tensors when triton is installed), "torch" or "triton"
+    (CUDA, or CPU under TRITON_INTERPRET=1); see peakknn._backend.
     """
     if not isinstance(largest, bool) or not isinstance(sorted, bool):
         raise TypeError(f"largest and sorted must be bools, got largest={largest!r}, sorted={sorted!r}")
-    values, indices = _approx_topk(x, k, dim, largest, recall_target, per_bin, backend)
+    values, indices = _approx_topk(x, k, dim, largest, sorted, recall_target, per_bin, backend)
     return torch.return_types.topk((values, indices))
 
 
-def _approx_topk(x, k, dim, largest, recall_target, per_bin, backend) -> tuple[torch.Tensor, torch.Tensor]:
+def check_topk_args(x, k, dim, recall_target, per_bin, backend) -> tuple[int, int, float, int | None, bool]:
+    """Validated (dim, k, recall_target, per_bin, use_triton) of an approx_topk call."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -66,89 +75,72 @@ def _approx_topk(x, k, dim, largest, recall_target, per_bin, backend) -> tuple[t
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"dim must be in [{-x.ndim}, {x.ndim - 1}], got {dim}")
-    n = x.shape[dim]
-    k = check_k(k, limit=n)
+    k = check_k(k, limit=x.shape[dim])
     recall_target = check_recall_target(recall_target)
-    per_bin = check_per_bin(per_bin)
+    if per_bin is not None:
+        per_bin = check_per_bin(per_bin)
     use_triton = _backend.resolve(backend, x.device) == "triton"
-    bins = plan_bins(n, k, recall_target, per_bin)
-    if bins is None or x.numel() == 0:  # exact, or no rows at all (an empty batch dimension)
+    return dim % x.ndim, k, recall_target, per_bin, use_triton
+
+
+def _approx_topk(x, k, dim, largest, sorted, recall_target, per_bin, backend) -> tuple[torch.Tensor, torch.Tensor]:
+    dim, k, recall_target, per_bin, use_triton = check_topk_args(x, k, dim, recall_target, per_bin, backend)
+    n = x.shape[dim]
+    rows_count = x.numel() // n if n else 0
+    plan = choose_plan(rows_count, n, k, recall_target, per_bin, x.dtype, x.device, use_triton, sorted)
+    if plan.exact or x.numel() == 0:  # exact, or no rows at all (an empty batch dimension)
         return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
-    if per_bin != 1:
-        return approx_topk_reference(x, k, dim, recall_target=recall_target, largest=largest, per_bin=per_bin)
     moved = x.movedim(dim, -1)
     batch = moved.shape[:-1]
     rows = moved.reshape(-1, n)  # a view when x is contiguous along dim; a copy otherwise
     with torch.no_grad():
-        if use_triton and x.dtype != torch.float64:
-            from ..kernels.bin_winners import bin_winners
-
-            win_values, win_index = bin_winners(rows.detach(), bins, largest)
-            indices = win_index.gather(1, torch.topk(win_values, k, dim=1).indices)
-        else:
-            indices = _binned_topk_indices(rows.detach(), k, bins, largest)
+        indices = binned_topk_indices(rows.detach(), k, plan.bins, plan.per_bin, largest, sorted, use_triton)
     values = rows.gather(1, indices)
     return values.reshape(*batch, k).movedim(-1, dim), indices.reshape(*batch, k).movedim(-1, dim)
 
 
-def _binned_topk_indices(rows: torch.Tensor, k: int, bins: int, largest: bool) -> torch.Tensor:
-    """i64[R, k] indices of the sorted top-k bin winners of each row of rows: [R, n]."""
-    n = rows.shape[1]
-    block = max(1, _BLOCK_ELEMENTS // n)
-    out = []
-    for i in range(0, rows.shape[0], block):
-        part = rows[i : i + block]
-        indices, has_nan = _binned_block(part, k, bins, largest)
-        if bool(has_nan.any()):  # NaN propagates into its bin's best: such rows take torch.topk's NaN order
-            indices[has_nan] = torch.topk(part[has_nan], k, dim=1, largest=largest, sorted=True).indices
-        out.append(indices)
-    return torch.cat(out) if len(out) > 1 else out[0]
+def choose_plan(rows: int, n: int, k: int, recall_target: float, per_bin: int | None, dtype: torch.dtype, device, use_triton: bool, sorted: bool) -> TopkPlan:
+    """The plan of one call: per_bin given, its bins; None, the cost model's choice (on CUDA with
+    Triton, the fastest of the candidates timed on random rows of the same n and dtype). A pure
+    function of its arguments, kept per shape: torch.compile may call it once while tracing."""
+    device = torch.device(device)
+    if per_bin is None and use_triton and device.type == "cuda" and recall_target < 1.0 and k < n and rows:
+        return _timed_plan(rows, n, k, recall_target, dtype, device, sorted)
+    return plan_topk(rows, n, k, recall_target, per_bin, dtype=dtype, device=device, sorted=sorted)
 
 
-def _binned_block(rows: torch.Tensor, k: int, bins: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(i64[r, k] indices of the sorted top-k bin winners, bool[r] rows holding a NaN)."""
-    r, n = rows.shape
-    reduce = torch.amax if largest else torch.amin
-    pick = torch.argmax if largest else torch.argmin
-    tile = TILE_GROUPS * bins
-    full = n // tile
-    worst = float("-inf") if largest else float("inf")
-    tile_best = None
-    if full:
-        tile_best = reduce(rows[:, : full * tile].view(r, full, TILE_GROUPS, bins), dim=2)  # [r, full, bins]
-    if n > full * tile:  # last partial tile, padded with the worst value (positions >= n)
-        last = torch.full((r, 1, tile), worst, dtype=rows.dtype, device=rows.device)
-        last[:, 0, : n - full * tile] = rows[:, full * tile :]
-        last_best = reduce(last.view(r, 1, TILE_GROUPS, bins), dim=2)  # [r, 1, bins]
-        tile_best = last_best if tile_best is None else (tile_best, last_best)
-    if isinstance(tile_best, tuple):  # no concatenation of the large part: reduce both and combine
-        main, last_best = tile_best
-        bin_best = _pairwise(reduce(main, dim=1), last_best[:, 0], largest)
-    else:
-        bin_best = reduce(tile_best, dim=1)  # [r, bins]
-    has_nan = torch.isnan(bin_best).any(1)  # max / min propagate NaN: one pass over [r, bins] tells
-    _, top_bins = torch.topk(bin_best, k, dim=1, largest=largest, sorted=True)  # [r, k]
-    # Winning tile of each chosen bin: the first tile reaching the bin's best (argmax takes the first).
-    if isinstance(tile_best, tuple):
-        main_per_tile = main.gather(2, top_bins.unsqueeze(1).expand(r, main.shape[1], k))  # [r, full, k]
-        last_per_tile = last_best[:, 0].gather(1, top_bins)  # [r, k]
-        win_tile = pick(main_per_tile, dim=1)
-        main_val = main_per_tile.gather(1, win_tile.unsqueeze(1)).squeeze(1)
-        beats = last_per_tile > main_val if largest else last_per_tile < main_val
-        win_tile = torch.where(beats, torch.full_like(win_tile, full), win_tile)
-    else:
-        per_tile = tile_best.gather(2, top_bins.unsqueeze(1).expand(r, tile_best.shape[1], k))  # [r, tiles, k]
-        win_tile = pick(per_tile, dim=1)  # [r, k]
-    # Revisit the TILE_GROUPS elements of (win_tile, bin): positions t*tile + g*bins + b.
-    offsets = torch.arange(TILE_GROUPS, device=rows.device) * bins
-    pos = (win_tile * tile + top_bins).unsqueeze(2) + offsets  # [r, k, TILE_GROUPS]
-    in_range = pos < n
-    cand = rows.gather(1, pos.clamp_max(n - 1).view(r, -1)).view(r, k, TILE_GROUPS)
-    if not bool(in_range.all()):
-        cand = cand.masked_fill(~in_range, worst)
-    best_in_tile = pick(cand, dim=2, keepdim=True)  # first maximum, so real elements beat padding
-    return pos.gather(2, best_in_tile).squeeze(2), has_nan
+_TIMED: dict[tuple, TopkPlan] = {}
+_TIMED_LOCK = threading.Lock()
 
 
-def _pairwise(a: torch.Tensor, b: torch.Tensor, largest: bool) -> torch.Tensor:
-    return torch.maximum(a, b) if largest else torch.minimum(a, b)
+def _timed_plan(rows, n, k, recall_target, dtype, device, sorted) -> TopkPlan:
+    from .costs import choose_by_timing
+
+    key = (1 << max(0, math.ceil(math.log2(rows))), n, k, recall_target, dtype, str(device), sorted)
+    with _TIMED_LOCK:
+        if key not in _TIMED:
+            g = torch.Generator(device=device).manual_seed(n)
+            sample = torch.randn(min(rows, 256), n, generator=g, device=device).to(dtype)
+            best = choose_by_timing(lambda r, kk, p, b: binned_topk_indices(r, kk, b, p, True, sorted, True), sample, k, recall_target, rows=rows)
+            _TIMED[key] = TopkPlan(best.per_bin, best.bins, best.seconds)
+        return _TIMED[key]
+
+
+def binned_topk_indices(rows: torch.Tensor, k: int, bins: int, per_bin: int, largest: bool, sorted: bool, use_triton: bool) -> torch.Tensor:
+    """i64[R, k]: the indices of the two-stage top-k of each row of rows: [R, n] (module doc),
+    sorted best first when `sorted`. No gradient (the caller gathers the values)."""
+    if use_triton and rows.dtype != torch.float64:
+        from ..kernels.bin_winners import bin_top
+
+        win_values, win_index = bin_top(rows, bins, per_bin, largest)
+        return win_index.gather(1, torch.topk(win_values, k, dim=1, sorted=sorted).indices)
+    if per_bin == 1:
+        indices, has_nan = binned.bin_max_indices(rows, k, bins, largest)
+    elif binned.has_keys(rows.dtype):
+        indices, has_nan = binned.bin_keys_indices(rows, k, bins, per_bin, largest, sorted)
+    else:  # fp64 with per_bin > 1: the reference
+        indices = reference_rows(rows, k, bins, per_bin, largest)[1]
+        has_nan = torch.isnan(rows).any(1)
+    if bool(has_nan.any()):  # NaN propagates into its bin: such rows take torch.topk's NaN order
+        indices[has_nan] = torch.topk(rows[has_nan], k, dim=1, largest=largest, sorted=True).indices
+    return indices
