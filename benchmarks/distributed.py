@@ -49,6 +49,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from peakknn.bench import cpu_name
+
 K = 10
 TARGETS = (0.95, 0.99)
 SIZES_MB = (1, 4, 16, 64, 256)
@@ -251,23 +253,6 @@ def worker(args) -> None:
         else:
             print(markdown([result], args))
     dist.destroy_process_group()
-
-
-def cpu_name() -> str:
-    """The CPU model with its family / model numbers (lscpu; /proc/cpuinfo on Linux), e.g.
-    "AMD EPYC (family 25, model 17)": the model name alone can be as vague as "AMD EPYC"."""
-    from peakknn.bench import cpu_model
-
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    extra = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields and "model" in fields else ""
-    return cpu_model() + extra
 
 
 def markdown(results: list[dict], args) -> str:

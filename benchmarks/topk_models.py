@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from peakknn import approx_topk
-from peakknn.bench import cpu_model
+from peakknn.bench import cpu_name
 from peakknn.evaluation import recall
 from peakknn.nn import TopK
 from peakknn.topk import costs, plan_topk
@@ -188,19 +188,6 @@ def within_margin(c: dict) -> bool:
     """auto is per_bin=1 itself, or at most AUTO_MARGIN slower than it (or per_bin=1 cannot run)."""
     return c["chosen"] == "per_bin=1" or c["auto_over_per_bin_1"] is None or c["auto_over_per_bin_1"] <= AUTO_MARGIN
 
-
-def cpu_name() -> str:
-    """lscpu "Model name" with family / model (the name alone can be as vague as "AMD EPYC")."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    extra = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields and "model" in fields else ""
-    return cpu_model() + extra
 
 
 def markdown(result: dict) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from peakknn.bench import cpu_model
+from peakknn.bench import cpu_name
 from peakknn.evaluation import recall
 from peakknn.nn import TopK
 from peakknn.topk import plan_topk
@@ -183,18 +183,6 @@ def train(args) -> dict:
         "recall": measured_recall,
     }
 
-
-def cpu_name() -> str:
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    extra = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields and "model" in fields else ""
-    return cpu_model() + extra
 
 
 def markdown(res: dict) -> str:

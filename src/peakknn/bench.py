@@ -304,6 +304,22 @@ def cpu_model() -> str:
 
 
 # ----------------------------------------------------------------- command
+
+def cpu_name() -> str:
+    """`cpu_model()` with the family / model numbers of /proc/cpuinfo, e.g. "AMD EPYC (family
+    25, model 17)": the model name alone can be as vague as "AMD EPYC"."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    extra = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields and "model" in fields else ""
+    return cpu_model() + extra
+
+
 def main(args) -> int:
     torch.set_num_threads(args.threads)
     warning = busy(args.threads)  # before the bench's own work raises the load
