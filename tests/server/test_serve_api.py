@@ -256,3 +256,23 @@ def test_deleting_a_collection_under_load_answers_404_not_500(http, server_url):
     answers = asyncio.run(storm())
     assert {a.status_code for a in answers} <= {200, 404}, [a.text for a in answers if a.status_code not in (200, 404)]
     assert http.get(f"/collections/{name}").status_code == 404
+
+
+def test_the_search_path_answers_as_every_route_does(http):
+    """POST .../search is answered before FastAPI's routing (middleware.SearchRoute): its edges
+    must read as the other routes' do."""
+    name = unique_name("searchpath")
+    _ok(http.put(f"/collections/{name}", json={"dim": 4, "dtype": "fp32"}))
+    _ok(http.put(f"/collections/{name}/points", json={"ids": [1, 2], "vectors": [[1, 0, 0, 0], [0, 1, 0, 0]]}))
+    r = http.get(f"/collections/{name}/search")
+    assert r.status_code == 405 and "not allowed" in r.json()["error"]
+    r = http.post(f"/collections/{unique_name('absent')}/search", json={"vectors": [[1, 0, 0, 0]], "k": 1})
+    assert r.status_code == 404 and "no collection" in r.json()["error"]
+    r = http.post(f"/collections/{name}/search/", json={"vectors": [[1, 0, 0, 0]], "k": 1})
+    assert r.status_code in (307, 404, 405)  # not a search: routed as FastAPI routes it
+    body = b'{"vectors": [[0, 1, 0, 0]], "k": 1}'
+    chunked = http.post(f"/collections/{name}/search", content=iter([body[:7], body[7:20], body[20:]]))  # no Content-Length
+    assert _ok(chunked)["results"][0]["ids"] == [2]
+    r = http.post(f"/collections/{name}/search", content=b'{"vectors": [[0, 1, 0, 0]], "k": 1')
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    _ok(http.delete(f"/collections/{name}"))

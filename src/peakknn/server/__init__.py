@@ -23,7 +23,7 @@ Modules, along the seams of a request:
 
 from __future__ import annotations
 
-DEPENDENCIES = ("fastapi", "uvicorn", "prometheus_client")
+DEPENDENCIES = ("fastapi", "uvicorn", "prometheus_client", "orjson")
 INSTALL_HINT = "pip install 'peakknn[server]'"
 
 

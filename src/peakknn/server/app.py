@@ -90,7 +90,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from .errors import ApiError
-from .middleware import ApiKey, BodyLimit, RequestMetrics
+from .middleware import ApiKey, BodyLimit, RequestMetrics, SearchRoute
 from .service import Service
 from .settings import ServerSettings
 
@@ -133,7 +133,8 @@ def create_app(
     _errors(app)
     _routes(app, service)
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost
+    app.add_middleware(SearchRoute, service=service)  # innermost: searches skip the routing (the route below stays for 405s)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKey, key=api_key or None)
     app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost
     return app

@@ -10,7 +10,8 @@ up to max_batch queries (a larger request runs alone). With max_batch = 1 every 
 alone: batching is off. More than `max_queue` waiting requests: `submit` raises Unavailable (503).
 
 The runner gets the batch's items and returns one result per item (or raises: then every item
-of the batch fails with that error). Results are exactly what running each item alone gives,
+of the batch fails with that error). on_batch gets the runner's seconds as its worker thread
+timed them. Results are exactly what running each item alone gives,
 as long as the runner's answer for an item does not depend on the other items: for an index
 search of equal k, recall target, probe and filter, each query's answer does not.
 """
@@ -112,8 +113,9 @@ class Batcher:
                 del self._groups[key]
             self._waiting -= len(batch)
             started = time.perf_counter()
+            seconds = None
             try:
-                results = await loop.run_in_executor(self.executor, self.runner, [w.item for w in batch])
+                results, seconds = await loop.run_in_executor(self.executor, _timed, self.runner, [w.item for w in batch])
             except asyncio.CancelledError:
                 for w in batch:
                     if not w.future.done():
@@ -128,4 +130,11 @@ class Batcher:
                     if not w.future.done():
                         w.future.set_result(r)
             if self.on_batch is not None:
-                self.on_batch(queries, len(batch), time.perf_counter() - started)
+                self.on_batch(queries, len(batch), time.perf_counter() - started if seconds is None else seconds)
+
+
+def _timed(runner: Callable[[list], list], items: list) -> tuple[list, float]:
+    """runner(items) and its seconds, timed in the worker thread (not counting the wait for the
+    event loop to take the results)."""
+    started = time.perf_counter()
+    return runner(items), time.perf_counter() - started

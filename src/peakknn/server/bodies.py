@@ -16,8 +16,10 @@ import io
 import json
 import math
 import numbers
+import re
 
 import numpy as np
+import orjson
 
 from .errors import BadRequest
 from .payloads import CompiledFilter, compile_filter
@@ -31,11 +33,21 @@ MAX_PAYLOAD_DEPTH = 32  # nesting of a payload object (SQLite's JSON functions s
 
 
 def json_object(raw: bytes, what: str = "body") -> dict:
-    """The JSON object in `raw`."""
+    """The JSON object in `raw`. Read by orjson (ten times faster on numbers), except where its
+    reading could differ from the standard library's: a body it refuses (the standard library
+    then names the problem) and an integer beyond 64 bits outside "vectors" (orjson reads it as a
+    float; "vectors" refuses such values either way)."""
     if not raw:
         raise BadRequest(f"{what} is empty: expected a JSON object")
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if value is not None and _may_hold_long_integer(value):
+        value = None
+    try:
+        if value is None:
+            value = json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, our NaN refusal
@@ -43,6 +55,22 @@ def json_object(raw: bytes, what: str = "body") -> dict:
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object, got {_kind(value)}")
     return value
+
+
+def _may_hold_long_integer(value) -> bool:
+    """Whether orjson's reading holds a float of magnitude >= 2**63 (where an integer literal
+    beyond 64 bits lands) outside a top-level "vectors"."""
+    stack = [v for k, v in value.items() if k != "vectors"] if isinstance(value, dict) else [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if abs(v) >= 2.0**63:
+                return True
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return False
 
 
 def _no_constant(name: str):
@@ -201,13 +229,12 @@ def npy_rows(raw: bytes, dim: int) -> np.ndarray:
 def _finite32(x: np.ndarray, what: str) -> np.ndarray:
     """x as C-order native float32 after checking that it is finite and within float32."""
     if x.size:
-        with np.errstate(invalid="ignore", over="ignore"):
-            bad = ~np.isfinite(x)
-            if bad.any():
-                row, col = (int(v) for v in np.argwhere(bad)[0])
-                raise BadRequest(f"{what} holds {x[row, col]} at row {row}, column {col}; vectors must be finite")
-            if x.dtype.itemsize > 4 and float(np.abs(x).max()) > FLOAT32_MAX:
-                raise BadRequest(f"{what} holds values beyond the float32 range (|x| > {FLOAT32_MAX:.3g})")
+        finite = np.isfinite(x)  # never warns (nor do abs and max of finite values)
+        if not finite.all():
+            row, col = (int(v) for v in np.argwhere(~finite)[0])
+            raise BadRequest(f"{what} holds {x[row, col]} at row {row}, column {col}; vectors must be finite")
+        if x.dtype.itemsize > 4 and float(np.abs(x).max()) > FLOAT32_MAX:
+            raise BadRequest(f"{what} holds values beyond the float32 range (|x| > {FLOAT32_MAX:.3g})")
         norms = np.linalg.norm(x.astype(np.float64), axis=1)
         if norms.max() > MAX_NORM:
             row = int(norms.argmax())

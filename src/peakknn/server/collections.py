@@ -115,7 +115,7 @@ def parse_config(body: dict) -> dict:
             PartitionedIndex(dim, metric=metric, settings=settings, search_settings=search)  # its own checks
         except (ValueError, TypeError) as e:
             raise BadRequest(f"bad partitioned settings: {e}") from None
-        config.update(dataclasses.asdict(settings), **dataclasses.asdict(search))
+        config.update(dataclasses.asdict(settings), **{k: v for k, v in dataclasses.asdict(search).items() if k in SEARCH_TYPES})
     return config
 
 

@@ -1,15 +1,20 @@
 """Pure ASGI layers around the app, outermost first: `RequestMetrics` (counts and times every
 answer by route template), `ApiKey` (401 unless the key is sent; /healthz and /dashboard are
-open) and `BodyLimit` (413 for a body over the limit, by Content-Length before reading, or
-while reading one sent without it)."""
+open), `BodyLimit` (413 for a body over the limit, by Content-Length before reading, or
+while reading one sent without it) and `SearchRoute` (answers POST /collections/{name}/search
+itself, before FastAPI's routing)."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 
-from .errors import TooLarge
+from .errors import ApiError, TooLarge
+
+log = logging.getLogger("peakknn.server")
+SEARCH_PATH = "/collections/{name}/search"
 
 OPEN_PATHS = ("/healthz", "/dashboard")
 OPEN_PREFIXES = ("/dashboard/",)  # the dashboard's static files (its API calls send the key)
@@ -25,6 +30,8 @@ async def answer(send, status: int, message: str, headers: tuple = ()) -> None:
 def route_of(scope) -> str:
     """The matched route's template ("/collections/{name}/search"), "/dashboard" for its files,
     else "other" (unknown paths: kept out of the labels)."""
+    if scope.get("peakknn.route"):  # answered by SearchRoute
+        return scope["peakknn.route"]
     route = scope.get("route")
     if route is not None and getattr(route, "path", None):
         return route.path
@@ -102,3 +109,43 @@ class BodyLimit:
             return message
 
         return await self.app(scope, receiving, send)
+
+
+class SearchRoute:
+    """POST /collections/{name}/search answered here, the same way as the app's route would
+    (`Service.search`, errors as {"error": ...}), without FastAPI's routing, request object and
+    dependency solving: those took about a third of a search request's Python time on the event
+    loop, and every such millisecond is one the search thread waits for the interpreter lock
+    (docs/SERVER.md). Every other request (other methods on that path included: 405) goes on to
+    the app."""
+
+    def __init__(self, app, service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parts = scope["path"].split("/")  # "", "collections", name, "search"
+            if len(parts) == 4 and parts[1] == "collections" and parts[3] == "search" and parts[2]:
+                scope["peakknn.route"] = SEARCH_PATH
+                return await self._search(parts[2], receive, send)
+        return await self.app(scope, receive, send)
+
+    async def _search(self, name: str, receive, send) -> None:
+        try:
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = await self.service.search(name, b"".join(chunks))
+        except ApiError as e:
+            return await answer(send, e.status, e.message)
+        except Exception as e:  # noqa: BLE001 - a server fault, answered as the app's handler does
+            log.error("POST /collections/%s/search failed", name, exc_info=e)
+            return await answer(send, 500, f"internal server error: {type(e).__name__}: {e}")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})

@@ -15,6 +15,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
+
 from . import bodies
 from .batching import Batcher
 from .collections import Collection, Store
@@ -186,8 +188,12 @@ class Service:
 
 
 def encode(value) -> bytes:
-    """JSON bytes of an answer, made in the worker thread (large answers never hold the loop)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """JSON bytes of an answer, made in the worker thread (large answers never hold the loop);
+    the standard library where orjson cannot (integers beyond 64 bits in payloads)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _search_encoded(c: Collection, requests: list) -> list[bytes]:
