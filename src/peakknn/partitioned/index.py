@@ -88,7 +88,9 @@ class PartitionedIndex:
         self._trained: training.Trained | None = None  # centres, codec, projection, probe gaps
         self._curves: dict[int, calibration.RecallCurve] = {}  # recall per probe, per k (calibration)
         self._curves_stale = False  # True from a training until the curves are measured again
-        self._calibration_queries: torch.Tensor | None = None  # calibrate(queries): measured on these, not on rows
+        self._calibration_queries: torch.Tensor | None = None  # measured on these queries, not on rows ...
+        self._calibration_from: str | None = None  # ... given by the "caller" (calibrate(queries)) or learned from "searches"
+        self._query_sample = calibration.QuerySample(self.dim, seed=self.settings.seed)  # searches' queries (learn_queries)
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -236,15 +238,27 @@ class PartitionedIndex:
             q = self._prepare(queries, "queries")
             if q.shape[0] == 0:
                 raise ValueError("queries holds no row: pass at least one query to calibrate on")
-            self._calibration_queries = q
+            self._calibration_queries, self._calibration_from = q, "caller"
         self._calibrate()
 
     def _calibrate(self) -> None:
+        if self._learning() and self._query_sample.due():
+            self._calibration_queries, self._calibration_from = self._query_sample.take().to(self.device), "searches"
         slots = self._slots.live_slots()
         x = self._vectors[torch.from_numpy(slots).to(self.device)]
         ids = self._slots.slot_ids[torch.from_numpy(slots)].numpy()
         self._curves = calibration.measure(self, x, ids, seed=self.settings.seed, sample=self._calibration_queries)
         self._curves_stale = False
+
+    def _learning(self) -> bool:
+        """Searches' queries feed the calibration (SearchSettings.learn_queries; not once the caller gave a sample)."""
+        return self.search_settings.learn_queries and self._calibration_from != "caller"
+
+    @property
+    def calibration_source(self) -> str:
+        """What the recall curves are measured on: "rows" (stored rows as queries), "caller"
+        (calibrate(queries)) or "searches" (a sample of the queries searches sent, learn_queries)."""
+        return self._calibration_from or "rows"
 
     @property
     def recall_curves(self) -> dict[int, tuple[list[int], list[float]]]:
@@ -308,8 +322,10 @@ class PartitionedIndex:
     ) -> SearchResult:
         """k nearest stored vectors of each query f32[nq, dim] (or [dim]).
 
-        recall_target: the probe whose recall@k on the index's own rows, as measured at the last
-        calibration (`recall_curves`), reaches this (`partitioned.calibration`; not with probe);
+        recall_target: the probe whose recall@k, as measured at the last calibration
+        (`recall_curves`: on stored rows as queries, on calibrate(queries)'s sample, or on a
+        sample of the queries searches sent, see SearchSettings.learn_queries), reaches this
+        (`partitioned.calibration`; not with probe);
         probe: partitions searched per query (None = the index's setting; capped at the
         number of partitions); rerank: candidates re-scored exactly (None = the index's
         setting); adaptive: probe is a mean over queries (see SearchSettings; None = the
@@ -320,6 +336,7 @@ class PartitionedIndex:
         CPU with user ids; -1 (score -inf / +inf) where fewer than k rows were found in the
         probed partitions.
         """
+        learn = recall_target is not None and probe is None and self._learning()
         if recall_target is not None and probe is None and self._calibration_due():
             with self._lock.write():  # measure the curves once (the others wait, then find them) ...
                 if self._calibration_due():
@@ -327,7 +344,8 @@ class PartitionedIndex:
                 probe = self.probe_for(recall_target, check_k(k))  # ... and read the probe off them here,
             recall_target = None  # so that a training in between cannot leave this search without one
         with self._lock.read():
-            return self._search(queries, k, recall_target=recall_target, probe=probe, rerank=rerank, adaptive=adaptive, allowed_ids=allowed_ids, max_memory=max_memory)
+            return self._search(queries, k, recall_target=recall_target, probe=probe, rerank=rerank, adaptive=adaptive, allowed_ids=allowed_ids,
+                                max_memory=max_memory, learn=learn)  # fmt: skip
 
     def _calibration_due(self) -> bool:
         """Trained with vectors and rows enough to measure (calibration.MIN_ROWS), and no curves
@@ -336,7 +354,7 @@ class PartitionedIndex:
         on a CALIBRATE_GROWTH-fold smaller index."""
         if not self.is_trained or not self.settings.keep_vectors or len(self) < calibration.MIN_ROWS:
             return False
-        if not self._curves or self._curves_stale:
+        if not self._curves or self._curves_stale or (self._learning() and self._query_sample.due()):
             return True
         return len(self) >= calibration.CALIBRATE_GROWTH * max(c.rows for c in self._curves.values())
 
@@ -353,7 +371,8 @@ class PartitionedIndex:
             )
         return calibration.probe_for(calibration.curve_for(self._curves, k), target)
 
-    def _search(self, queries, k, *, recall_target=None, probe=None, rerank=None, adaptive=None, allowed_ids=None, max_memory=DEFAULT_MEMORY) -> SearchResult:
+    def _search(self, queries, k, *, recall_target=None, probe=None, rerank=None, adaptive=None, allowed_ids=None, max_memory=DEFAULT_MEMORY,
+                learn=False) -> SearchResult:  # fmt: skip
         k = check_k(k)
         check_search_options(rerank, max_memory)
         allowed = None  # slots of the allowed ids that are stored
@@ -372,6 +391,8 @@ class PartitionedIndex:
             adaptive = self.search_settings.adaptive and self._probe_gaps is not None
         SearchSettings(probe=probe, rerank=rerank, adaptive=adaptive)  # validates
         q = self._prepare(queries, "queries")
+        if learn:  # a search with a recall target: its queries may join the calibration sample
+            self._query_sample.add(q)
         if len(self) == 0:  # like `peakknn.search` on a 0-row database: fillers only
             return answer(queries, empty_result(q.shape[0], k, self.metric))
         if not self.is_trained:  # few rows so far (< train_size): an exact scan of them

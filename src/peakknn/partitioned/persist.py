@@ -74,6 +74,7 @@ def _snapshot(index) -> tuple[dict, dict[str, torch.Tensor]]:
         "auto_partitions": index._auto_partitions,
         "count": len(index),
         "next_id": index._slots.next_id,
+        "calibration_from": index._calibration_from,  # who gave calibration_queries (None: none); the learn_queries sample itself is not saved
     }
     return manifest, arrays
 
@@ -107,6 +108,8 @@ def load(cls, path, device):
         index._insert(ids, vectors.to(index.device), auto_train=False)
         return index
     _restore(index, arrays, ids, vectors, where, manifest["version"])
+    if index._calibration_queries is not None:  # no calibration_from: calibrate(queries), the only source before learn_queries
+        index._calibration_from = "searches" if manifest.get("calibration_from") == "searches" else "caller"
     return index
 
 

@@ -120,11 +120,19 @@ class SearchSettings:
     partition borders search more partitions, and queries deep inside one search fewer. probe >=
     min(partitions, GAP_COLUMNS) searches that many partitions, as without adaptive. The tables
     behind the defaults are in docs/ALGORITHMS.md.
+
+    learn_queries (default): searches with a recall_target keep a uniform sample of their
+    queries, and the recall curves are measured on it once it holds calibration.QUERIES of them
+    (and again each time the searches have sent CALIBRATE_GROWTH times more), so the target
+    comes to hold for the queries actually asked, also where they are not distributed like the
+    rows (`partitioned.calibration.QuerySample`). Not after calibrate(queries): the caller's
+    sample stands.
     """
 
     probe: int = 16
     rerank: int | None = None
     adaptive: bool = True
+    learn_queries: bool = True
 
     def __post_init__(self):
         positive_int("probe", self.probe)
@@ -132,3 +140,5 @@ class SearchSettings:
             positive_int("rerank", self.rerank)
         if not isinstance(self.adaptive, bool):
             raise TypeError(f"adaptive must be a bool, got {type(self.adaptive).__name__}")
+        if not isinstance(self.learn_queries, bool):
+            raise TypeError(f"learn_queries must be a bool, got {type(self.learn_queries).__name__}")
