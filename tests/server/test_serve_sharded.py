@@ -86,7 +86,7 @@ def test_exact_search_equals_one_index_and_recall_meets_the_target(serve, metric
         assert _recall(ids, want.ids.numpy()) >= 0.94
 
 
-def test_partitioned_collection_trains_every_shard_and_meets_its_target(serve):
+def test_partitioned_collection_trains_every_shard_together_and_meets_its_target(serve):
     server = serve(shards=SHARDS)
     x, q = _split(_clustered(4050, 16, 3), 4000)
     exact = peakknn.Index(16, metric="l2", precision="fp32")
@@ -101,6 +101,13 @@ def test_partitioned_collection_trains_every_shard_and_meets_its_target(serve):
         ids, _ = _search(http, "p", q, 10)
         assert _recall(ids, want) >= 0.94
     server.stop()
+    shards = [peakknn.load(next((server.data / f"shard-{rank:05d}" / "collections" / "p").glob("snap-*"))) for rank in range(SHARDS)]
+    assert all(s.is_trained and s.settings.train_size is None for s in shards)  # trained together, never alone
+    assert sum(len(s) for s in shards) == 4000 and all(len(s) == 2000 for s in shards)
+    for s in shards[1:]:  # the same centres, frame and gaps on every shard
+        torch.testing.assert_close(s._trained.centres, shards[0]._trained.centres, rtol=0, atol=0)
+        torch.testing.assert_close(s._trained.frame.centre, shards[0]._trained.frame.centre, rtol=0, atol=0)
+        torch.testing.assert_close(s._trained.probe_gaps, shards[0]._trained.probe_gaps, rtol=0, atol=0)
     server.start()  # snapshots hold the trained shards
     with server.client() as http:
         assert _ok(http.get("/collections/p"))["trained"] is True

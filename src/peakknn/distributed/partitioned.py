@@ -82,7 +82,23 @@ def trained_signature(shard: PartitionedIndex) -> int:
 def train(sharded, sample=None) -> None:
     """Collective. Train every shard together on the ranks' samples (default: each shard's
     stored rows; module docstring of distributed.training), then place every shard's rows."""
-    shard, group = sharded.shard, sharded.group
+    train_together(sharded.shard, sharded.settings, sharded.group, sample=sample, quantized=sharded.quantized_training,
+                   calibrate=lambda: calibrate(sharded))  # fmt: skip
+
+
+def train_together(shard: PartitionedIndex, settings: PartitionSettings | None = None, group=None, *, sample=None, quantized: bool = False,
+                   calibrate=None) -> None:  # fmt: skip
+    """Collective: every rank passes its own `shard` (a PartitionedIndex; any number of rows,
+    none included) and all are trained together on their samples (default: each shard's stored
+    rows) by `training.fit`, then each places its rows: every rank ends with the same centres,
+    frame, projection, codec and gaps. settings: the training's (default: the shard's, with
+    partitions=None where the shard chose its partition count itself); partitions None: from
+    the rows of all ranks. calibrate: what a compressed-only shard runs before dropping its
+    vectors (default: its own calibration). ValueError on every rank when the ranks hold too
+    few rows, or a compressed-only shard is trained already. (ShardedIndex trains through this;
+    so does `peakknn serve --sharded`, every shard a collection's.)"""
+    if settings is None:
+        settings = dataclasses.replace(shard.settings, partitions=None) if shard._auto_partitions else shard.settings
 
     def check():
         if shard.is_trained and not shard.settings.keep_vectors:
@@ -93,13 +109,13 @@ def train(sharded, sample=None) -> None:
 
     x = agree(group, check)
     total = int(gather_ints([x.shape[0]], group).sum())
-    settings = sharded.settings
     if settings.partitions is None:
-        settings = dataclasses.replace(settings, partitions=partitions_for(max(len(sharded), total)))
+        rows = int(gather_ints([len(shard)], group).sum())
+        settings = dataclasses.replace(settings, partitions=partitions_for(max(rows, total)))
     agree(group, lambda: _trainable(total, settings))
-    trained = training.fit(x, settings, shard.metric, shard.search_settings.probe, group=group, quantized=sharded.quantized_training)
+    trained = training.fit(x, settings, shard.metric, shard.search_settings.probe, group=group, quantized=quantized)
     with shard._lock.write():
-        shard._install(trained, dataclasses.replace(settings, train_size=None), lambda: calibrate(sharded))
+        shard._install(trained, dataclasses.replace(settings, train_size=None), calibrate or shard._calibrate)
 
 
 def _trainable(total: int, settings: PartitionSettings) -> None:

@@ -119,6 +119,13 @@ def parse_config(body: dict) -> dict:
     return config
 
 
+def _training_by(index, trains_alone: bool):
+    """The index, which no longer trains itself at train_size where it must not train alone."""
+    if not trains_alone and isinstance(index, PartitionedIndex) and index.settings.train_size is not None:
+        index.settings = dataclasses.replace(index.settings, train_size=None)
+    return index
+
+
 def make_index(config: dict) -> Index | PartitionedIndex:
     """An empty index as the config says."""
     if config["index"] == "flat":
@@ -155,12 +162,15 @@ class Collection:
 
     # ----------------------------------------------------------------- open / create
     @classmethod
-    def create(cls, folder: Path, name: str, config: dict) -> Collection:
-        return cls(name, folder, config, make_index(config), PayloadStore(folder / PAYLOADS), wal.WriteAheadLog(folder, 1), None)
+    def create(cls, folder: Path, name: str, config: dict, *, trains_alone: bool = True) -> Collection:
+        index = _training_by(make_index(config), trains_alone)
+        return cls(name, folder, config, index, PayloadStore(folder / PAYLOADS), wal.WriteAheadLog(folder, 1), None)
 
     @classmethod
-    def open(cls, folder: Path) -> Collection:
-        """Load the snapshot, replay the log (module docstring)."""
+    def open(cls, folder: Path, *, trains_alone: bool = True) -> Collection:
+        """Load the snapshot, replay the log (module docstring). trains_alone=False: a partitioned
+        index never trains itself at train_size (a shard of `serve --sharded`: all shards train
+        together, `train(together=...)`)."""
         saved = json.loads((folder / CONFIG).read_text())
         name, config = saved.pop("name"), saved
         snapshot = json.loads((folder / SNAPSHOT).read_text()) if (folder / SNAPSHOT).exists() else None
@@ -174,6 +184,7 @@ class Collection:
             want = Index if config["index"] == "flat" else PartitionedIndex
             if not isinstance(index, want) or index.dim != config["dim"] or index.metric != config["metric"]:
                 raise ValueError(f"{folder / snapshot['index']} holds {index!r}, not the {config['index']} index of {folder / CONFIG}")
+        index = _training_by(index, trains_alone)
         payloads = PayloadStore(folder / PAYLOADS)
         after = snapshot["seq"] if snapshot else 0
         if payloads.committed_seq < after:
@@ -236,18 +247,25 @@ class Collection:
             self._wrote()
         return self._durable(seq)
 
-    def train(self) -> bool:
-        """Train a partitioned collection that is not trained yet on its points now (the sharded
-        server does so on every shard once the whole collection holds train_size points). False
-        when flat, trained already, or too small to train (it goes on scanning exactly)."""
+    def train(self, together=None) -> bool:
+        """Train a partitioned collection that is not trained yet on its points now. False when
+        flat, trained already, or too small to train (it goes on scanning exactly). together:
+        the sharded server's training of every shard at once (`together(index)`, a collective
+        such as `distributed.partitioned.train_together`): every shard runs it, trained or not,
+        empty or not, and all end with the same centres; False there when it refused (on every
+        shard alike)."""
         if not self.partitioned:
             return False
         with self._write_mutex, self._lock.write():
-            self._usable()
-            if self.index.is_trained or len(self.index) == 0:
-                return False
+            if together is None:
+                self._usable()
+                if self.index.is_trained or len(self.index) == 0:
+                    return False
             try:
-                self.index.train()
+                if together is None:
+                    self.index.train()
+                else:  # a collective: never skipped on one shard, or the others would wait for it
+                    together(self.index)
             except ValueError as e:  # too few points for its settings: refused before changing anything
                 log.info("collection %s: not trained on %d points: %s", self.name, len(self.index), e)
                 return False
@@ -463,8 +481,10 @@ class Store:
     """The collections in a data folder: opened (and recovered) at construction, one server per
     folder (an exclusive flock on DIR/.serve-lock)."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, *, trains_alone: bool = True):
+        """trains_alone=False: partitioned collections never train themselves (`Collection.open`)."""
         self.root = Path(data_dir)
+        self.trains_alone = trains_alone
         self.root.mkdir(parents=True, exist_ok=True)
         self._lockfile = open(self.root / ".serve-lock", "a+b")  # noqa: SIM115 - held until close()
         try:
@@ -484,7 +504,7 @@ class Store:
             shutil.rmtree(leftover, ignore_errors=True)
         for path in sorted(self.folder.iterdir()):
             if path.is_dir() and NAME.fullmatch(path.name) and (path / CONFIG).exists():
-                self._collections[path.name] = Collection.open(path)
+                self._collections[path.name] = Collection.open(path, trains_alone=trains_alone)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -514,7 +534,7 @@ class Store:
             write_json(tmp / CONFIG, {"name": name, **config})
             os.replace(tmp, self.folder / name)
             fsync_dir(self.folder)
-            c = Collection.create(self.folder / name, name, config)
+            c = Collection.create(self.folder / name, name, config, trains_alone=self.trains_alone)
             self._collections[name] = c
         log.info("collection %s created: %s", name, config)
         return c, True

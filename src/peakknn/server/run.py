@@ -88,7 +88,7 @@ def _serve_shard(data, rank: int, world_size: int) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun forwards them: rank 0 decides when to stop
         signal.signal(sig, signal.SIG_IGN)
-    store = _open(lambda: Store(sharded.shard_folder(data, rank)))
+    store = _open(lambda: Store(sharded.shard_folder(data, rank), trains_alone=False))
     log.info("peakknn serve --sharded: rank %d of %d, %s", rank, world_size, store.root)
     sharded.serve_commands(sharded.Shard(store, rank, world_size), sharded.Channel())
     log.info("peakknn serve --sharded: rank %d closed", rank)

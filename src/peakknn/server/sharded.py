@@ -17,10 +17,13 @@ reaches every rank, each searches its own points with the batch's k, recall targ
 (the filter evaluated on its own payload table), and rank 0 keeps the best k of the W * k
 candidates of each query. The global top k is inside the union of the shards' top k, and a flat
 shard's bins follow from (k, recall_target) alone, so the union meets the target as one index of
-all points would (`peakknn.distributed.sharded` has the argument). A partitioned collection
-trains every shard, each on its own points, once the shards together hold train_size points
-(`ShardedCollection.train_when_due`), and each shard calibrates its probe on its own points, so
-each meets the target over its own points. Gets ask every rank and keep the request's order.
+all points would (`peakknn.distributed.sharded` has the argument). A partitioned collection's
+shards never train alone: once the shards together hold train_size points
+(`ShardedCollection.train_when_due`) every shard trains with the others on its own points
+(`peakknn.distributed.partitioned.train_together`: the k-means / AVQ sums all-reduced over the
+process group), so all hold the same centres, frame and codec; each calibrates its probe on its
+own points, so each meets the target over its own points. Gets ask every rank and keep the
+request's order.
 
 Commands run one at a time (a lock on rank 0), so concurrent writes are not group-committed
 across ranks. A message is a JSON header plus raw numpy arrays in one uint8 tensor (`pack`), sent
@@ -172,7 +175,9 @@ class Shard:
         return {"seq": seq, "count": len(c.index), "trained": not c.partitioned or c.index.is_trained}, {}
 
     def _train(self, header, arrays):
-        return {"trained": self.store.get(header["name"]).train()}, {}
+        from ..distributed.partitioned import train_together
+
+        return {"trained": self.store.get(header["name"]).train(together=train_together)}, {}
 
     def _missing(self, header, arrays):
         c, ids = self.store.get(header["name"]), arrays["ids"]
@@ -243,7 +248,7 @@ class ShardedStore:
     def __init__(self, data_dir, group=None):
         channel = Channel(group)
         self.world_size = channel.world_size
-        self.local = Store(shard_folder(data_dir, 0))
+        self.local = Store(shard_folder(data_dir, 0), trains_alone=False)
         self.driver = Driver(Shard(self.local, 0, self.world_size), channel)
         self.driver.call("sync", {"collections": {c.name: c.config for c in self.local.collections()}})
         self._lock = threading.Lock()
@@ -322,8 +327,8 @@ class ShardedCollection:
         return max(r["seq"] for r, _ in replies)
 
     def train_when_due(self, shards: list[tuple[int, bool]]) -> None:
-        """A partitioned collection trains every shard (each on its own points) once all shards
-        together hold train_size points; shards: each one's (count, trained)."""
+        """A partitioned collection trains every shard (together, each on its own points) once
+        all shards together hold train_size points; shards: each one's (count, trained)."""
         size = self.config.get("train_size")
         if self.partitioned and size is not None and sum(c for c, _ in shards) >= size and not all(t for _, t in shards):
             self._call("train")
