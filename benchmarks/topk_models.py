@@ -50,7 +50,8 @@ from peakknn import approx_topk
 from peakknn.bench import cpu_name
 from peakknn.evaluation import recall
 from peakknn.nn import TopK
-from peakknn.topk import costs, plan_topk
+from peakknn.topk import costs
+from peakknn.topk.approx import choose_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.95
@@ -109,7 +110,7 @@ def bench_shape(name: str, args) -> tuple[list[dict], list[dict]]:
         g = torch.Generator().manual_seed(sum(map(ord, name)))
         x = torch.randn(rows, n, generator=g).to(dtype)
         label = f"{rows:,} x {n:,}, k={k}"
-        plan = plan_topk(rows, n, k, TARGET, dtype=dtype)
+        plan = used_plan(rows, n, k, dtype, sorted=True)
         # the approx_topk op, sorted, against torch.topk
         t = interleaved({"torch": lambda x=x: torch.topk(x, k), "ours": lambda x=x: approx_topk(x, k, recall_target=TARGET)}, args.rounds)
         got = approx_topk(x, k, recall_target=TARGET).indices
@@ -121,13 +122,19 @@ def bench_shape(name: str, args) -> tuple[list[dict], list[dict]]:
     return out, choice
 
 
+def used_plan(rows: int, n: int, k: int, dtype: torch.dtype, *, sorted: bool):
+    """The plan approx_topk(per_bin=None) runs for this call on the CPU (the model's choice, or
+    on large calls the fastest of its shortlist and torch.topk, timed)."""
+    return choose_plan(rows, n, k, TARGET, None, dtype, torch.device("cpu"), False, sorted)
+
+
 def check_choice(label: str, dname: str, x: torch.Tensor, k: int, rounds: int) -> dict:
     """Predicted and measured seconds of the candidate plans of per_bin=None: exact, per_bin=1,
     the chosen one and every other predicted within MEASURE_WITHIN of the best prediction (the
     rest are listed unmeasured: on the largest shapes they would take minutes)."""
     rows, n = x.shape
     found = costs.candidates(rows, n, k, TARGET, x.dtype, x.device)
-    chosen = plan_topk(rows, n, k, TARGET, dtype=x.dtype)
+    chosen = used_plan(rows, n, k, x.dtype, sorted=True)
     best_predicted = min(c.seconds for c in found)
     methods = {}
     for c in found:
@@ -153,7 +160,7 @@ def bench_mask_and_block(label, dname, x, k, block_dim, rounds) -> list[dict]:
     dtype = x.dtype
     ours, theirs = TopK(k, recall_target=TARGET, activation=torch.relu), TorchTopK(k)
     w = torch.randn_like(x)
-    plan = plan_topk(rows, n, k, TARGET, dtype=dtype, sorted=False)
+    plan = used_plan(rows, n, k, dtype, sorted=False)
     xg = x.clone().requires_grad_(True)
 
     def fwd_bwd(layer):

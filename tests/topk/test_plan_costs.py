@@ -136,3 +136,34 @@ def test_real_calibration_is_sane_and_restores_threads():
     per_row = costs.select_cost(3072, 128, torch.float32, True, "cpu")
     assert 0 < per_row < 1e-2 and costs.select_cost(3072, 128, torch.float32, True, "cpu") == per_row  # kept
     costs.reset()
+
+
+def test_large_cpu_calls_time_torch_topk_against_the_models_shortlist(monkeypatch):
+    """approx.choose_plan on a CPU call of TIMED_MIN_ELEMENTS or more: the model shortlists,
+    timing decides (here the timing is replaced: whichever plan it says is fastest is used)."""
+    from peakknn.topk import approx
+
+    rows, n, k = 64, 131072, 50
+    for winner in ("exact", "binned"):
+        approx._TIMED.clear()
+        timed = []
+
+        def fastest(run, sample, kk, plans, *, rows, sorted=True, winner=winner):
+            timed.append(([(c.per_bin, c.bins) for c in plans], tuple(sample.shape)))
+            assert sample.shape[1] == n and sample.numel() <= max(n, approx.SAMPLE_ELEMENTS)
+            assert run(sample[:2], kk, plans[-1].per_bin, plans[-1].bins).shape == (2, kk)  # the torch path, really
+            pick = plans[0] if winner == "exact" else plans[-1]
+            return costs.Candidate(pick.per_bin, pick.bins, 1.0)
+
+        monkeypatch.setattr(costs, "fastest", fastest)
+        plan = approx.choose_plan(rows, n, k, 0.95, None, torch.float32, "cpu", False, True)
+        again = approx.choose_plan(rows, n, k, 0.95, None, torch.float32, "cpu", False, True)
+        assert plan == again and len(timed) == 1  # kept per shape
+        shortlisted = timed[0][0]
+        assert shortlisted[0] == (None, None) and 1 < len(shortlisted) <= 1 + costs.SHORTLIST  # torch.topk competes
+        assert plan.exact == (winner == "exact")
+    approx._TIMED.clear()
+    monkeypatch.setattr(costs, "fastest", lambda *a, **kw: pytest.fail("a small call was timed"))
+    small = approx.choose_plan(4, 3072, 128, 0.95, None, torch.float32, "cpu", False, True)  # below TIMED_MIN_ELEMENTS: the model alone
+    assert small == plan_topk(4, 3072, 128, 0.95)
+    approx._TIMED.clear()

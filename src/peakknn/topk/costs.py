@@ -26,7 +26,12 @@ model so describes a machine that is not oversubscribed. Probes use about PROBE_
 distinct elements (small repeated inputs let the branch predictor learn torch.topk's branches).
 
 On CUDA with the Triton kernel the candidates are timed directly on a sample of rows (the
-kernel's cost per p is not modelled here); `choose` then keeps the fastest.
+kernel's cost per p is not modelled here); `choose` then keeps the fastest. On a CPU, a call of
+at least approx.TIMED_MIN_ELEMENTS elements times the model's best SHORTLIST plans against
+torch.topk on random rows of its n and dtype (`fastest`) before it decides: the model's unit
+costs come from small in-cache probes, and on large inputs it measured 2-4x optimistic for the
+binned plans (benchmarks/topk_models.py prints prediction and measurement side by side), which
+once made the default slower than torch.topk (64 x 131,072, k = 50: 0.84x).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from . import _workers, binned
 LOG = logging.getLogger(__name__)
 
 PER_BIN_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)  # the per_bin values per_bin=None considers
+SHORTLIST = 2  # binned plans (the model's best) a large CPU call times against torch.topk
 P1_OPS = 12  # torch calls per block of the per_bin = 1 path
 KEY_OPS = 12  # torch calls per block of the per_bin > 1 path outside the network
 PROBE_ELEMENTS = 1 << 19  # elements of a probe's input
@@ -228,13 +234,28 @@ def choose_by_timing(run, sample: torch.Tensor, k: int, recall_target: float, *,
     from .plan import topk_bins
 
     n = sample.shape[1]
-    scale = rows / sample.shape[0]
-    found = [Candidate(None, None, scale * _best(lambda: torch.topk(sample, k, dim=1), sample.device, repeat=3))]
+    plans = [Candidate(None, None, 0.0)]
     for p in choices:
         bins = topk_bins(n, k, recall_target, p)
         if bins is not None:
-            found.append(Candidate(p, bins, scale * _best(lambda p=p, bins=bins: run(sample, k, p, bins), sample.device, repeat=3)))
-    return min(found, key=lambda c: c.seconds)
+            plans.append(Candidate(p, bins, 0.0))
+    return fastest(run, sample, k, plans, rows=rows)
+
+
+def fastest(run, sample: torch.Tensor, k: int, plans: list[Candidate], *, rows: int, sorted: bool = True) -> Candidate:
+    """The plan of `plans` (bins None: torch.topk) that answers the sample rows fastest, timed
+    (best of 3 after a warm-up) with `run(sample, k, per_bin, bins)`; seconds scaled to `rows`."""
+    scale = rows / sample.shape[0]
+    found = []
+    for c in plans:
+        if c.bins is None:
+            fn = lambda: torch.topk(sample, k, dim=1, sorted=sorted)  # noqa: E731
+        else:
+            fn = lambda c=c: run(sample, k, c.per_bin, c.bins)  # noqa: E731
+        found.append(Candidate(c.per_bin, c.bins, scale * _best(fn, sample.device, repeat=3)))
+    best = min(found, key=lambda c: c.seconds)
+    LOG.debug("top-k plans timed on %d x %d (k=%d): %s -> per_bin=%s bins=%s", sample.shape[0], sample.shape[1], k, found, best.per_bin, best.bins)
+    return best
 
 
 def reset() -> None:
