@@ -233,7 +233,7 @@ class Collection:
             return self._durable(self.wal.last_seq)
         with self._write_mutex, self._lock.write():
             self._usable()
-            missing = ids[~self._present(ids)]
+            missing = ids[~self.present(ids)]
             if missing.size:
                 shown = ", ".join(map(str, missing[:10].tolist())) + (", ..." if missing.size > 10 else "")
                 raise NotFound(f"{missing.size} of the ids are not in collection {self.name!r}: {shown} (nothing was deleted)")
@@ -297,7 +297,7 @@ class Collection:
         ids = ids[np.sort(first)]
         with self._lock.read():
             self._usable()
-            known = ids[self._present(ids)]
+            known = ids[self.present(ids)]
             vectors = None
             if with_vectors and known.size:
                 try:
@@ -453,8 +453,9 @@ class Collection:
         if self.dirty_since is None:
             self.dirty_since = time.monotonic()
 
-    def _present(self, ids: np.ndarray) -> np.ndarray:
-        """bool[m]: which of ids the index holds."""
+    def present(self, ids: np.ndarray) -> np.ndarray:
+        """bool[m]: which of ids the index holds. Takes no lock: callers hold the collection's, or
+        are the sharded server's commands, which run one at a time."""
         if ids.size > MANY_IDS:
             return np.isin(ids, np.asarray(self.index.ids))
         return np.fromiter((i in self.index for i in ids.tolist()), dtype=bool, count=ids.size)

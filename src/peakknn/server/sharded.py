@@ -182,7 +182,7 @@ class Shard:
     def _missing(self, header, arrays):
         c, ids = self.store.get(header["name"]), arrays["ids"]
         mine = ids[self._mine(ids)]
-        return {}, {"missing": mine[~c._present(mine)] if mine.size else mine}
+        return {}, {"missing": mine[~c.present(mine)] if mine.size else mine}
 
     def _delete_points(self, header, arrays):
         ids = arrays["ids"]
