@@ -16,7 +16,6 @@ import io
 import json
 import math
 import numbers
-import re
 
 import numpy as np
 import orjson
@@ -41,17 +40,16 @@ def json_object(raw: bytes, what: str = "body") -> dict:
         raise BadRequest(f"{what} is empty: expected a JSON object")
     try:
         value = orjson.loads(raw)
+        as_read = not _may_hold_long_integer(value)
     except orjson.JSONDecodeError:
-        value = None
-    if value is not None and _may_hold_long_integer(value):
-        value = None
-    try:
-        if value is None:
+        as_read = False
+    if not as_read:
+        try:
             value = json.loads(raw, parse_constant=_no_constant)
-    except RecursionError:
-        raise BadRequest(f"{what} is nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, our NaN refusal
-        raise BadRequest(f"{what} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadRequest(f"{what} is nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, our NaN refusal
+            raise BadRequest(f"{what} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object, got {_kind(value)}")
     return value
