@@ -184,8 +184,7 @@ class QuerySample:
             keep = np.flatnonzero(slot < self.size)
             if keep.size:
                 # a later query wins a slot that an earlier one of the same call also drew, as in the serial algorithm
-                slot, keep = slot[keep], keep
-                last = {int(s): int(i) for s, i in zip(slot, keep)}
+                last = {int(s): int(i) for s, i in zip(slot[keep], keep)}
                 slots = torch.tensor(list(last.keys()), dtype=torch.int64)
                 self._rows[slots] = q[torch.tensor(list(last.values()), dtype=torch.int64)].detach().to("cpu", torch.float32)
             self.seen += m
