@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 import peakknn
 from peakknn.bench import cpu_name
+from peakknn.data import mixture
+from peakknn.evaluation import recall
 
 TARGETS = (0.9, 0.95, 0.99)
 CASES = (("l2", 16), ("cos", 16), ("ip", 64))
-
-
-def mixture(n: int, d: int, centres_seed: int, seed: int, offset: float = 5.0) -> torch.Tensor:
-    centres = np.random.default_rng(centres_seed).standard_normal((32, d)) * 3
-    rng = np.random.default_rng(seed)
-    return torch.from_numpy((centres[rng.integers(0, 32, n)] + rng.standard_normal((n, d)) + offset).astype(np.float32))
-
-
-def recall(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float(np.mean([len(set(g) & set(w)) / want.shape[1] for g, w in zip(got.tolist(), want.tolist())]))
 
 
 def main() -> None:
@@ -44,8 +35,8 @@ def main() -> None:
     print("| metric | d | curve measured on | " + " | ".join(f"target {t}" for t in TARGETS) + " |")
     print("|---|---|---|" + "---|" * len(TARGETS))
     for metric, d in CASES:
-        x = mixture(args.rows, d, centres_seed=3, seed=0)
-        q = mixture(args.sent + args.held_out, d, centres_seed=4, seed=1)
+        x = torch.from_numpy(mixture(args.rows, d, centres_seed=3, seed=0))
+        q = torch.from_numpy(mixture(args.sent + args.held_out, d, centres_seed=4, seed=1))
         exact = peakknn.Index(d, metric=metric, precision="fp32")
         exact.add(x)
         held_out = q[args.sent :]

@@ -107,3 +107,13 @@ def clustered(
         return out
 
     return Dataset(name=f"clustered-{n}x{d}", train=draw(n), test=draw(nq), neighbors=None, metric="cos")
+
+
+def mixture(n: int, d: int, *, centres_seed: int = 0, seed: int = 0, clusters: int = 32, offset: float = 5.0) -> np.ndarray:
+    """f32[n, d] rows around `clusters` centres (coordinates N(0, 9), drawn with centres_seed),
+    each row its centre plus N(0, 1) noise, all shifted by `offset`. Another centres_seed gives
+    another distribution: queries from elsewhere than the rows (a recall target calibrated on
+    rows promises too much for them; benchmarks/recall_elsewhere.py)."""
+    centres = np.random.default_rng(centres_seed).standard_normal((clusters, d)) * 3
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, d)) + offset).astype(np.float32)

@@ -3,24 +3,18 @@ distributed like the rows once the curves are measured on a sample of such queri
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import peakknn
+from peakknn.data import mixture
+from peakknn.evaluation import recall
 
 MARGIN = 0.01
 
 
-def _mixture(n: int, d: int, centres_seed: int, seed: int, offset: float = 5.0) -> torch.Tensor:
-    """Rows around 32 centres drawn with centres_seed (another seed: another distribution)."""
-    centres = np.random.default_rng(centres_seed).standard_normal((32, d)) * 3
-    rng = np.random.default_rng(seed)
-    return torch.from_numpy((centres[rng.integers(0, 32, n)] + rng.standard_normal((n, d)) + offset).astype(np.float32))
-
-
-def _recall(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float(np.mean([len(set(g) & set(w)) / want.shape[1] for g, w in zip(got.tolist(), want.tolist())]))
+def _mixture(n: int, d: int, centres_seed: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(mixture(n, d, centres_seed=centres_seed, seed=seed))
 
 
 @pytest.mark.parametrize("metric,d", [("l2", 16), ("cos", 16), ("ip", 64)])
@@ -37,7 +31,7 @@ def test_calibrating_on_queries_from_elsewhere_meets_the_target_on_such_queries(
     index.calibrate(sample)
     for target in (0.9, 0.95):
         got = index.search(held_out, 10, recall_target=target).ids
-        assert _recall(got, want) >= target - MARGIN, target
+        assert recall(got, want) >= target - MARGIN, target
 
 
 def test_the_sample_is_kept_saved_and_measured_on_again(tmp_path):

@@ -9,21 +9,16 @@ import pytest
 import torch
 
 import peakknn
+from peakknn.data import mixture
+from peakknn.evaluation import recall
 from peakknn.partitioned import calibration
 from peakknn.partitioned.settings import SearchSettings
 
 MARGIN = 0.01
 
 
-def _mixture(n: int, d: int, centres_seed: int, seed: int, offset: float = 5.0) -> torch.Tensor:
-    """Rows around 32 centres drawn with centres_seed (another seed: another distribution)."""
-    centres = np.random.default_rng(centres_seed).standard_normal((32, d)) * 3
-    rng = np.random.default_rng(seed)
-    return torch.from_numpy((centres[rng.integers(0, 32, n)] + rng.standard_normal((n, d)) + offset).astype(np.float32))
-
-
-def _recall(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float(np.mean([len(set(g) & set(w)) / want.shape[1] for g, w in zip(got.tolist(), want.tolist())]))
+def _mixture(n: int, d: int, centres_seed: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(mixture(n, d, centres_seed=centres_seed, seed=seed))
 
 
 def _trained(x: torch.Tensor, metric: str, **search) -> peakknn.PartitionedIndex:
@@ -48,7 +43,7 @@ def test_searches_from_elsewhere_come_to_meet_the_target(metric, d):
     for target in (0.9, 0.95):
         got = index.search(held_out, 10, recall_target=target).ids
         assert index.calibration_source == "searches"
-        assert _recall(got, want) >= target - MARGIN, target
+        assert recall(got, want) >= target - MARGIN, target
 
 
 def test_rows_like_queries_keep_meeting_the_target():
@@ -61,7 +56,7 @@ def test_rows_like_queries_keep_meeting_the_target():
     index.search(queries[: calibration.QUERIES], 10, recall_target=0.95)
     got = index.search(queries[-300:], 10, recall_target=0.95).ids
     assert index.calibration_source == "searches"
-    assert _recall(got, want) >= 0.95 - MARGIN
+    assert recall(got, want) >= 0.95 - MARGIN
 
 
 def test_off_probe_searches_and_a_callers_sample_learn_nothing():
