@@ -104,17 +104,15 @@ SAMPLE_ELEMENTS = 1 << 22  # elements of the random rows a CPU shortlist is time
 
 
 def choose_plan(rows: int, n: int, k: int, recall_target: float, per_bin: int | None, dtype: torch.dtype, device, use_triton: bool, sorted: bool) -> TopkPlan:
-    """The plan of one call: per_bin given, its bins; None, the cost model's choice (on CUDA with
-    Triton, the fastest of the candidates timed on random rows of the same n and dtype; on a CPU,
-    for calls of TIMED_MIN_ELEMENTS or more, the faster of torch.topk and the model's best
-    costs.SHORTLIST plans, timed the same way). A pure function of its arguments, kept per
-    shape: torch.compile may call it once while tracing."""
+    """The plan of one call: per_bin given, its bins; None, the cost model's choice, or where it
+    is timed (`_timed_plan`: on CUDA with Triton, and on a CPU for calls of TIMED_MIN_ELEMENTS
+    or more) the fastest plan on random rows of the same n and dtype. A pure function of its
+    arguments, kept per shape: torch.compile may call it once while tracing."""
     device = torch.device(device)
     if per_bin is None and recall_target < 1.0 and k < n and rows:
-        if use_triton and device.type == "cuda":
-            return _timed_plan(rows, n, k, recall_target, dtype, device, sorted)
-        if device.type == "cpu" and rows * n >= TIMED_MIN_ELEMENTS:
-            return _timed_cpu_plan(rows, n, k, recall_target, dtype, sorted)
+        triton = use_triton and device.type == "cuda"
+        if triton or (device.type == "cpu" and rows * n >= TIMED_MIN_ELEMENTS):
+            return _timed_plan(rows, n, k, recall_target, dtype, device, sorted, triton)
     return plan_topk(rows, n, k, recall_target, per_bin, dtype=dtype, device=device, sorted=sorted)
 
 
@@ -122,36 +120,30 @@ _TIMED: dict[tuple, TopkPlan] = {}
 _TIMED_LOCK = threading.Lock()
 
 
-def _timed_cpu_plan(rows, n, k, recall_target, dtype, sorted) -> TopkPlan:
+def _timed_plan(rows, n, k, recall_target, dtype, device, sorted, triton) -> TopkPlan:
+    """torch.topk against the binned plans, timed on random rows (kept per shape and power of
+    two of rows): with Triton every per_bin (the kernel's costs are not modelled), 256 rows; on
+    a CPU the cost model's best costs.SHORTLIST, SAMPLE_ELEMENTS elements."""
     from . import costs
-
-    key = (1 << max(0, math.ceil(math.log2(rows))), n, k, recall_target, dtype, "cpu", sorted)
-    with _TIMED_LOCK:
-        if key not in _TIMED:
-            found = costs.candidates(key[0], n, k, recall_target, dtype, "cpu", sorted=sorted)
-            binned_plans = [c for c in found if c.bins is not None]
-            binned_plans.sort(key=lambda c: c.seconds)
-            plans = [found[0], *binned_plans[: costs.SHORTLIST]]  # torch.topk and the model's best
-            if len(plans) == 1:
-                _TIMED[key] = TopkPlan(None, None, found[0].seconds)
-            else:
-                g = torch.Generator().manual_seed(n)
-                sample = torch.randn(min(rows, max(1, SAMPLE_ELEMENTS // n)), n, generator=g).to(dtype)
-                best = costs.fastest(lambda r, kk, p, b: binned_topk_indices(r, kk, b, p, True, sorted, False), sample, k, plans, rows=rows, sorted=sorted)
-                _TIMED[key] = TopkPlan(best.per_bin, best.bins, best.seconds)
-        return _TIMED[key]
-
-
-def _timed_plan(rows, n, k, recall_target, dtype, device, sorted) -> TopkPlan:
-    from .costs import choose_by_timing
 
     key = (1 << max(0, math.ceil(math.log2(rows))), n, k, recall_target, dtype, str(device), sorted)
     with _TIMED_LOCK:
         if key not in _TIMED:
-            g = torch.Generator(device=device).manual_seed(n)
-            sample = torch.randn(min(rows, 256), n, generator=g, device=device).to(dtype)
-            best = choose_by_timing(lambda r, kk, p, b: binned_topk_indices(r, kk, b, p, True, sorted, True), sample, k, recall_target, rows=rows)
-            _TIMED[key] = TopkPlan(best.per_bin, best.bins, best.seconds)
+            if triton:
+                plans, sample_rows = costs.every_plan(n, k, recall_target), min(rows, 256)
+            else:
+                found = costs.candidates(key[0], n, k, recall_target, dtype, device, sorted=sorted)
+                binned_plans = [c for c in found if c.bins is not None]
+                binned_plans.sort(key=lambda c: c.seconds)
+                plans, sample_rows = [found[0], *binned_plans[: costs.SHORTLIST]], min(rows, max(1, SAMPLE_ELEMENTS // n))
+            if len(plans) == 1:  # torch.topk alone
+                _TIMED[key] = TopkPlan(None, None, plans[0].seconds or None)  # the model's seconds; every_plan's are 0: none
+            else:
+                g = torch.Generator(device=device).manual_seed(n)
+                sample = torch.randn(sample_rows, n, generator=g, device=device).to(dtype)
+                run = lambda r, kk, p, b: binned_topk_indices(r, kk, b, p, True, sorted, triton)  # noqa: E731
+                best = costs.fastest(run, sample, k, plans, rows=rows, sorted=sorted)
+                _TIMED[key] = TopkPlan(best.per_bin, best.bins, best.seconds)
         return _TIMED[key]
 
 

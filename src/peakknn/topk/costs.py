@@ -228,18 +228,17 @@ def choose(rows: int, n: int, k: int, recall_target: float, dtype: torch.dtype, 
     return _chosen(rows_key, n, k, recall_target, dtype, str(torch.device(device)), sorted)
 
 
-def choose_by_timing(run, sample: torch.Tensor, k: int, recall_target: float, *, rows: int, choices=PER_BIN_CHOICES) -> Candidate:
-    """The fastest per_bin for `run(sample, k, per_bin, bins)` (the Triton path on CUDA), timed on
-    the sample rows and scaled to `rows`; exact (torch.topk) competes too."""
+def every_plan(n: int, k: int, recall_target: float, choices=PER_BIN_CHOICES) -> list[Candidate]:
+    """torch.topk and every per_bin of `choices` that has bins for (n, k, recall_target),
+    unpredicted (seconds 0): what the Triton path times on CUDA."""
     from .plan import topk_bins
 
-    n = sample.shape[1]
     plans = [Candidate(None, None, 0.0)]
     for p in choices:
         bins = topk_bins(n, k, recall_target, p)
         if bins is not None:
             plans.append(Candidate(p, bins, 0.0))
-    return fastest(run, sample, k, plans, rows=rows)
+    return plans
 
 
 def fastest(run, sample: torch.Tensor, k: int, plans: list[Candidate], *, rows: int, sorted: bool = True) -> Candidate:
