@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from peakknn import Index
-from peakknn.bench import cpu_model
+from peakknn.bench import cpu_model, write_report
 from peakknn.client import Client
 from peakknn.data import clustered, load_hdf5
 
@@ -609,10 +609,7 @@ def main(argv=None) -> int:
     text = report(res)
     print(text, flush=True)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n")
-        out.with_suffix(".md").write_text(text + "\n")
+        write_report(args.out, res, text, indent=2)
     return 1 if res["targets"]["errors"]["value"] else 0
 
 

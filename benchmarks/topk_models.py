@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -47,7 +46,7 @@ import torch
 from torch import nn
 
 from peakknn import approx_topk
-from peakknn.bench import cpu_name
+from peakknn.bench import cpu_name, write_report
 from peakknn.evaluation import recall
 from peakknn.nn import TopK
 from peakknn.topk import costs
@@ -267,10 +266,7 @@ def main(argv=None) -> int:
         c["within_margin"] = within_margin(c)
     result = {"meta": meta, "rows": rows, "choice": choice, "unit_costs": [vars(u) for u in costs._UNITS.values()]}
     text = markdown(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(text + "\n")
+    write_report(args.out, result, text)
     print(text)
     return 0
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from peakknn.bench import cpu_name
+from peakknn.bench import cpu_name, write_report
 from peakknn.evaluation import recall
 from peakknn.nn import TopK
 from peakknn.topk import plan_topk
@@ -230,10 +229,7 @@ def main(argv=None) -> int:
     args.load_before = os.getloadavg()[0]
     res = train(args)
     text = markdown(res)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    out.with_suffix(".md").write_text(text + "\n")
+    write_report(args.out, res, text)
     print(text)
     return 0
 

@@ -12,25 +12,17 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench_helpers import ROOT, run
 from perfmodel_stated import STATED
 
 from peakknn import bench, cli
 from peakknn.data import synthetic
 from peakknn.partitioned.settings import partitions_for
 from peakknn.perfmodel import machine
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], check=False, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 @pytest.mark.slow

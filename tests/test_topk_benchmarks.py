@@ -3,19 +3,9 @@ tests/test_benchmarks.py does for the search benchmarks): the tables, the JSON f
 named in the header. No timing decides a test."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], check=False, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+from bench_helpers import run
 
 
 @pytest.mark.slow

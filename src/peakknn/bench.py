@@ -303,6 +303,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def write_report(path, result: dict, text: str, indent: int = 1) -> None:
+    """A benchmark's results: `result` as JSON at path, `text` (its Markdown report) next to it
+    with the suffix .md; folders made as needed."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=indent) + "\n")
+    out.with_suffix(".md").write_text(text + "\n")
+
+
 # ----------------------------------------------------------------- command
 
 def cpu_name() -> str:
