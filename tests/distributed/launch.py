@@ -54,5 +54,7 @@ def run(scenario: str, world: int, timeout: float = 60.0, **args) -> list[dict]:
 
 
 def failures(results: list[dict], prefix: str = "") -> list[str]:
-    """'rank r: check: detail' for every failed check whose name starts with prefix."""
-    return [f"rank {r}: {name}: {d}" for r, res in enumerate(results) for name, d in res.items() if name.startswith(prefix) and d is not None]
+    """'rank r: check: detail' for every failed check whose name starts with prefix (names
+    starting with "_" are figures a scenario reports beside its checks, not checks)."""
+    return [f"rank {r}: {name}: {d}" for r, res in enumerate(results) for name, d in res.items()
+            if name.startswith(prefix) and not name.startswith("_") and d is not None]  # fmt: skip

@@ -297,6 +297,16 @@ def _all_ids(idx: ShardedIndex) -> set:
     return set(allv[allv >= 0].tolist())
 
 
+def _raise_everywhere(res: dict, cases: dict, prefix: str | None, idx, count: int) -> None:
+    """Each case (fn, exception type[, message prefix]) raises on every rank (`_raises`: with the
+    case's prefix, a group-wide check failing alike everywhere, else `prefix`), and idx keeps
+    its `count` rows."""
+    for name, (fn, kind, *group_wide) in cases.items():
+        d = _raises(fn, kind, group_wide[0] if group_wide else prefix)
+        _check(res, f"raises_everywhere:{name}", d is None, d)
+        _check(res, f"unchanged:{name}", len(idx) == count, len(idx))
+
+
 def errors(rank: int, world: int, out, **_) -> dict:
     res: dict = {}
     dim = 16
@@ -319,10 +329,7 @@ def errors(rank: int, world: int, out, **_) -> dict:
         "kind_differs": (lambda: ShardedIndex(dim, kind="partitioned" if bad else "flat"), ValueError, "dim, metric"),
         "train_flat": (lambda: idx.train(), ValueError, "train() needs kind='partitioned'"),
     }
-    for name, (fn, kind, *group_wide) in cases.items():  # group-wide checks fail on every rank alike
-        d = _raises(fn, kind, group_wide[0] if group_wide else prefix)
-        _check(res, f"raises_everywhere:{name}", d is None, d)
-        _check(res, f"unchanged:{name}", len(idx) == 50 * world, len(idx))
+    _raise_everywhere(res, cases, prefix, idx, 50 * world)
     got = idx.search(q, 3)  # still in step after all those errors
     _check(res, "still_works", tuple(got.ids.shape) == (4, 3) and bool((got.ids >= 0).all()))
     return res

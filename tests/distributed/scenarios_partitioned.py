@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.distributed as dist
-from scenarios import _all_ids, _check, _data, _raises, _same_as_single, _slices, _uneven
+from scenarios import _all_ids, _check, _data, _raise_everywhere, _raises, _same_as_single, _slices, _uneven
 
 import peakknn
 import peakknn.distributed.quantized as quantized_module
@@ -211,10 +211,7 @@ def errors(rank: int, world: int, out, **_) -> dict:
         "unknown_option": (lambda: ShardedIndex(dim, kind="partitioned", **({"precision": "bf16"} if bad else {})), TypeError),
         "too_many_partitions": (lambda: ShardedIndex(dim, kind="partitioned", settings=PartitionSettings(partitions=500, train_size=None)).train(torch.ones(10, dim)), ValueError, "partitions=500"),
     }
-    for name, (fn, kind, *group_wide) in cases.items():
-        d = _raises(fn, kind, group_wide[0] if group_wide else prefix)
-        _check(res, f"raises_everywhere:{name}", d is None, d)
-        _check(res, f"unchanged:{name}", len(idx) == 30 * world, len(idx))
+    _raise_everywhere(res, cases, prefix, idx, 30 * world)
     got = idx.search(q, 3, recall_target=0.9)  # still in step after all those errors
     _check(res, "still_works", tuple(got.ids.shape) == (4, 3) and bool((got.ids >= 0).all()) and idx.is_trained)
     return res
