@@ -25,6 +25,17 @@ BIN_TILE = 1024  # elements each program loads per step
 
 
 @triton.jit
+def _oriented(base, j, ok, LARGEST: tl.constexpr):
+    """The elements j of a row (where ok; else 0) as fp32, NaN read as +inf (it ranks above
+    everything, as in torch.topk), negated when the smallest are wanted: larger always wins."""
+    v = tl.load(base + j, mask=ok, other=0.0).to(tl.float32)
+    v = tl.where(v == v, v, float("inf"))
+    if not LARGEST:
+        v = -v
+    return v
+
+
+@triton.jit
 def _bin_winners_kernel(
     x_ptr, best_ptr, index_ptr, n, bins, stride_x, stride_out,
     LARGEST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -42,10 +53,7 @@ def _bin_winners_kernel(
     for start in range(0, n, GROUPS * bins):
         j = start + first
         ok = col_ok[None, :] & (j < n)
-        v = tl.load(base + j, mask=ok, other=0.0).to(tl.float32)
-        v = tl.where(v == v, v, float("inf"))  # NaN ranks above everything, as in torch.topk
-        if not LARGEST:
-            v = -v
+        v = _oriented(base, j, ok, LARGEST)
         v = tl.where(ok, v, float("-inf"))
         better = v > best
         best = tl.where(better, v, best)
@@ -103,10 +111,7 @@ def _bin_top_kernel(
     for start in range(0, n, GROUPS * bins):
         j = start + first
         ok = col_ok[None, :] & (j < n)
-        v = tl.load(base + j, mask=ok, other=0.0).to(tl.float32)
-        v = tl.where(v == v, v, float("inf"))  # NaN ranks above everything, as in torch.topk
-        if not LARGEST:
-            v = -v
+        v = _oriented(base, j, ok, LARGEST)
         # the lane's worst entry: the smallest value, and among equal ones the largest index
         ranked = tl.where(used, best, float("inf"))
         worst = tl.min(ranked, axis=2)
