@@ -89,7 +89,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from .errors import ApiError
+from .errors import ApiError, fault_message
 from .middleware import ApiKey, BodyLimit, RequestMetrics, SearchRoute
 from .service import Service
 from .settings import ServerSettings
@@ -213,4 +213,4 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def server_fault(request: Request, e: Exception):
         log.error("%s %s failed", request.method, request.url.path, exc_info=e)
-        return JSONResponse({"error": f"internal server error: {type(e).__name__}: {e}"}, status_code=500)
+        return JSONResponse({"error": fault_message(e)}, status_code=500)

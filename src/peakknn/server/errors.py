@@ -34,3 +34,8 @@ class Unavailable(ApiError):
     """The server cannot take the request now (queue full, collection failed, shutting down)."""
 
     status = 503
+
+
+def fault_message(e: Exception) -> str:
+    """The {"error": ...} of a 500: a server fault, named by its type and message."""
+    return f"internal server error: {type(e).__name__}: {e}"

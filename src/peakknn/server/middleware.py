@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-from .errors import ApiError, TooLarge
+from .errors import ApiError, TooLarge, fault_message
 
 log = logging.getLogger("peakknn.server")
 SEARCH_PATH = "/collections/{name}/search"
@@ -145,7 +145,7 @@ class SearchRoute:
             return await answer(send, e.status, e.message)
         except Exception as e:  # noqa: BLE001 - a server fault, answered as the app's handler does
             log.error("POST /collections/%s/search failed", name, exc_info=e)
-            return await answer(send, 500, f"internal server error: {type(e).__name__}: {e}")
+            return await answer(send, 500, fault_message(e))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
