@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -128,7 +129,11 @@ def _serve_parser(sub) -> None:
     v.add_argument("--max-body-mb", type=_positive_float, default=d.max_body_bytes / (1 << 20), help="largest request body in MiB, 413 beyond (default: %(default)s)")
     v.add_argument("--snapshot-every", type=_positive, default=d.snapshot_every, help="snapshot a collection after this many writes (default: %(default)s)")
     v.add_argument("--snapshot-seconds", type=_positive_float, default=d.snapshot_seconds, help="... or this long after its first unsnapshotted write (default: %(default)s)")
-    v.add_argument("--threads", type=_positive, default=None, help="torch threads of the searches (default: torch's, one per core)")
+    v.add_argument("--threads", type=_positive, default=None, help="torch threads of each search and write (default: torch's, one per core; with --engine process "
+                   "a search gets half of them, as two batches run at once)")
+    v.add_argument("--engine", choices=["process", "inline"], default="process" if os.name == "posix" else "inline",
+                   help="process: the collections live in a process of their own, so searches never wait for the HTTP side's Python "
+                   "(POSIX only); inline: in the HTTP process (default: %(default)s; --sharded is always inline)")
     v.add_argument("--sharded", action="store_true", help="one shard per torchrun process (rank i % N holds id i; data in DATA/shard-<rank>): "
                    "torchrun --standalone --nproc-per-node N -m peakknn serve --sharded --data DATA")
     v.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info", help="logging level; debug adds an access log (default: %(default)s)")

@@ -38,7 +38,7 @@ from .engine.rescore import answer, empty_result, finish
 from .engine.table import ScanFrame, prepare_rows, rank_bias, scan_dtype_for, scan_row_width
 
 RECENTRE_SHIFT = 0.25  # re-centre when the mean moved by this share of the rows' rms spread
-FRAME_SAMPLE = 65536  # rows a frame check measures at most
+FRAME_SAMPLE = 16384  # rows a frame check measures at most (the mean then within 1% of the spread: 1 / sqrt(16384))
 
 class Index:
     """A brute-force k-NN index: vectors with int64 ids, exact fp32 re-scoring of a bf16 or fp32

@@ -1,5 +1,5 @@
 """bodies.json_object reads with orjson where that gives what the standard library gives, and
-with the standard library elsewhere; service.encode the same way for answers."""
+with the standard library elsewhere; messages.json_bytes the same way for answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ pytest.importorskip("orjson")
 
 from peakknn.server import bodies  # noqa: E402
 from peakknn.server.errors import BadRequest  # noqa: E402
-from peakknn.server.service import encode  # noqa: E402
+from peakknn.server.messages import json_bytes  # noqa: E402
 
 SAME = [
     b'{"vectors": [[0.1, -2.5e-7, 3, 1e38]], "k": 10}',
@@ -56,4 +56,49 @@ def test_a_search_body_reads_the_same_either_way():
     {"points": [{"id": 3, "payload": {"big": 2**70, "s": "é", "f": 1e-45}}]},
 ])  # fmt: skip
 def test_answers_encode_as_the_standard_library_reads_them(value):
-    assert json.loads(encode(value)) == value
+    assert json.loads(json_bytes(value)) == value
+
+
+# ----------------------------------------------------------------- .npy bodies and the row checks
+def _npy(a: np.ndarray, version=None) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, version=version, allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("version", [None, (1, 0), (2, 0), (3, 0)])
+def test_npy_bodies_read_as_np_load_reads_them(version):
+    import io
+
+    rng = np.random.default_rng(0)
+    for a in [rng.standard_normal((5, 4)).astype(np.float32), np.asfortranarray(rng.standard_normal((5, 4))),
+              rng.standard_normal((3, 4)).astype(">f4"), rng.standard_normal((2, 4)).astype(np.float16), np.zeros((0, 4), np.float32)]:  # fmt: skip
+        raw = _npy(a, version)
+        got = bodies.npy_rows(raw, 4)
+        want = np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable and np.array_equal(got, want)
+    raw = _npy(np.ones((3, 4), np.float32))
+    for broken in (raw[:-4], raw + b"\0" * 4, raw[:20], b"not an npy file"):
+        with pytest.raises(BadRequest, match="not a readable .npy file"):
+            bodies.npy_rows(broken, 4)
+
+
+def test_row_checks_name_the_first_bad_value():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    assert np.array_equal(bodies._finite32(x, "v"), x)
+    for bad, value in ((np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf")):
+        y = x.copy()
+        y[4, 2], y[2, 3] = bad, bad  # the first in row order is reported
+        with pytest.raises(BadRequest, match=f"holds {value} at row 2, column 3"):
+            bodies._finite32(y, "v")
+    big = x.astype(np.float64)
+    big[1, 0] = 1e200  # finite, its square overflows float64
+    with pytest.raises(BadRequest, match="beyond the float32 range"):
+        bodies._finite32(big, "v")
+    long = x.copy()
+    long[3] = 3e38  # each value fits float32, the row's norm does not fit MAX_NORM
+    with pytest.raises(BadRequest, match="row 3 has norm"):
+        bodies._finite32(long, "v")

@@ -142,14 +142,53 @@ def test_a_full_queue_answers_unavailable_and_errors_reach_every_request():
     assert all(isinstance(o, ValueError) and str(o) == "boom" for o in outcomes)
 
 
+def test_max_running_batches_run_at_once_and_no_more():
+    class Overlap:
+        """A runner that holds each batch until released and records how many ran at once."""
+
+        def __init__(self):
+            self.lock, self.running, self.most, self.batches = threading.Lock(), 0, 0, []
+            self.release = threading.Semaphore(0)
+
+        def __call__(self, items):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+                self.batches.append(list(items))
+            self.release.acquire(timeout=5)
+            with self.lock:
+                self.running -= 1
+            return [("done", i) for i in items]
+
+    async def main():
+        runner, pool = Overlap(), ThreadPoolExecutor(3)
+        b = Batcher(runner, pool, max_batch=2, max_delay=0.0, max_queue=100, max_running=2)
+        jobs = [asyncio.ensure_future(b.submit("k", i, 1)) for i in range(8)]
+        await asyncio.sleep(0.1)
+        at_first = (runner.running, b.queue_depth)  # two batches of 2 held, 4 requests waiting
+        for _ in range(8):
+            runner.release.release()
+        results = await asyncio.gather(*jobs)
+        await b.close()
+        pool.shutdown()
+        return runner, at_first, results
+
+    runner, at_first, results = _run(main())
+    assert at_first == (2, 4)
+    assert runner.most == 2
+    assert results == [("done", i) for i in range(8)]
+    assert sorted(i for batch in runner.batches for i in batch) == list(range(8)) and all(len(batch) <= 2 for batch in runner.batches)
+
+
 # ----------------------------------------------------------------- through the server
 DIM, N = 24, 2000
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """The same points on a batching server (long delay: concurrent requests surely meet) and on
-    one with batching off."""
+    """The same points on a batching server (long delay: concurrent requests surely meet), on
+    one with batching off, and on a batching one whose collections live in the HTTP process
+    (--engine inline)."""
     from serve_helpers import ServerProcess
 
     root = tmp_path_factory.mktemp("batching")
@@ -157,7 +196,8 @@ def servers(tmp_path_factory):
     x = rng.standard_normal((N, DIM)).astype(np.float32)
     payloads = [{"group": int(i % 3)} for i in range(N)]
     made = []
-    for name, args in (("batched", ("--max-delay-ms", "50")), ("unbatched", ("--max-batch", "1"))):
+    for name, args in (("batched", ("--max-delay-ms", "50")), ("unbatched", ("--max-batch", "1")),
+                       ("inline", ("--max-delay-ms", "50", "--engine", "inline"))):  # fmt: skip
         server = ServerProcess(root / name, args=args).start()
         made.append(server)
         with server.client() as http:
@@ -205,8 +245,9 @@ def _concurrently(url: str, reqs) -> list:
     return [a.json() for a in answers]
 
 
-def test_batched_answers_equal_unbatched_ones_exactly(servers):
-    batched, unbatched = servers
+@pytest.mark.parametrize("which", [0, 2], ids=["engine-process", "inline"])
+def test_batched_answers_equal_unbatched_ones_exactly(servers, which):
+    batched, unbatched = servers[which], servers[1]
     reqs = _requests(np.random.default_rng(1))
     with batched.client() as http:
         before = http.get("/stats").json()["batcher"]
@@ -218,8 +259,10 @@ def test_batched_answers_equal_unbatched_ones_exactly(servers):
     assert after["requests"] - before["requests"] == len(reqs)
     assert batches < len(reqs) / 2, f"{batches} batches for {len(reqs)} concurrent requests: little batching"
     assert together == alone
+    with unbatched.client() as http:
+        before = http.get("/stats").json()["batcher"]
     off = _concurrently(unbatched.url, reqs)
     assert off == alone
     with unbatched.client() as http:
-        stats = http.get("/stats").json()["batcher"]
-    assert stats["batches"] == stats["requests"] == len(reqs)  # batching off: one index search per request
+        after = http.get("/stats").json()["batcher"]
+    assert after["batches"] - before["batches"] == after["requests"] - before["requests"] == len(reqs)  # batching off: one index search per request

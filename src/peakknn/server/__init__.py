@@ -9,7 +9,10 @@ Modules, along the seams of a request:
     middleware.py   pure ASGI layers: request metrics, API key, body size limit
     bodies.py       request bodies -> checked numpy arrays and options (JSON, base64, .npy)
     service.py      the app's state: the store, one batcher per collection, threads, snapshots, /stats
-    batching.py     dynamic batching of concurrent searches (asyncio, one in flight per collection)
+    batching.py     dynamic batching of concurrent searches (asyncio, a few batches in flight per collection)
+    engine.py       the engine process (default): the store in a process of its own, sent commands
+                    over a socket pair, so searches never wait for the HTTP side's interpreter lock
+    messages.py     the messages between processes: a JSON header plus raw numpy arrays, no pickle
     collections.py  a collection = index + payload database + write-ahead log, under one RW lock;
                     the store of collections in the data folder (configs, open, replay, delete)
     payloads.py     SQLite payload table and filter compilation (parameterised SQL only)

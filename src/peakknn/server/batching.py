@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent searches of one collection run as one index search.
 
 A `Batcher` (one per collection, on the event loop) keeps the waiting requests in groups of
-equal key (`bodies.Search.group`: k, recall_target, probe and filter). One batch runs at a
-time, in a worker thread. When the worker is free, the group whose first request is oldest runs
-once it holds `max_batch` queries or its first request has waited `max_delay` seconds, whichever
-comes first (the semantics of Triton's max_queue_delay); requests that arrive while a batch runs
-wait for it and then form the next batch at once. A batch takes whole requests in arrival order
+equal key (`bodies.Search.group`: k, recall_target, probe and filter). Up to `max_running`
+batches run at a time (1 by default; the engine process runs 2, each on half the cores), each in
+a worker thread. When fewer are running, the group whose first request is oldest runs once it
+holds `max_batch` queries or its first request has waited `max_delay` seconds, whichever comes
+first (the semantics of Triton's max_queue_delay); requests that arrive while max_running
+batches run wait for one to finish and then form the next batch at once. A batch takes whole requests in arrival order
 up to max_batch queries (a larger request runs alone). With max_batch = 1 every request runs
 alone: batching is off. More than `max_queue` waiting requests: `submit` raises Unavailable (503).
 
@@ -36,13 +37,15 @@ class _Waiting:
 
 
 class Batcher:
-    """Batches `submit(key, item, size)` calls; runner(items) -> results runs in `executor`.
-    on_batch(queries, requests, seconds) is called after each batch (statistics)."""
+    """Batches `submit(key, item, size)` calls; runner(items) -> results runs in `executor`
+    (max_running batches at once: give it that many threads). on_batch(queries, requests,
+    seconds) is called after each batch (statistics)."""
 
     def __init__(self, runner: Callable[[list], list], executor: Executor, *, max_batch: int, max_delay: float, max_queue: int,
-                 on_batch: Callable[[int, int, float], None] | None = None):
+                 max_running: int = 1, on_batch: Callable[[int, int, float], None] | None = None):
         self.runner, self.executor = runner, executor
-        self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay, max_queue
+        self.max_batch, self.max_delay, self.max_queue, self.max_running = max_batch, max_delay, max_queue, max_running
+        self._running: set[asyncio.Task] = set()
         self.on_batch = on_batch
         self._groups: dict[Hashable, collections.deque[_Waiting]] = {}
         self._waiting = 0
@@ -81,17 +84,17 @@ class Batcher:
                     w.future.set_exception(self._closed)
         self._groups.clear()
         self._waiting = 0
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._groups:
+            if not self._groups or len(self._running) >= self.max_running:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -112,25 +115,34 @@ class Batcher:
             if not group:
                 del self._groups[key]
             self._waiting -= len(batch)
-            started = time.perf_counter()
-            seconds = None
-            try:
-                results, seconds = await loop.run_in_executor(self.executor, _timed, self.runner, [w.item for w in batch])
-            except asyncio.CancelledError:
-                for w in batch:
-                    if not w.future.done():
-                        w.future.set_exception(self._closed or Unavailable("the server is shutting down"))
-                raise
-            except Exception as e:  # noqa: BLE001 - whatever the runner raised is every request's answer
-                for w in batch:
-                    if not w.future.done():
-                        w.future.set_exception(e)
-            else:
-                for w, r in zip(batch, results):
-                    if not w.future.done():
-                        w.future.set_result(r)
-            if self.on_batch is not None:
-                self.on_batch(queries, len(batch), time.perf_counter() - started if seconds is None else seconds)
+            task = asyncio.get_running_loop().create_task(self._execute(batch, queries))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wake.set()
+
+    async def _execute(self, batch: list[_Waiting], queries: int) -> None:
+        started = time.perf_counter()
+        seconds = None
+        try:
+            results, seconds = await asyncio.get_running_loop().run_in_executor(self.executor, _timed, self.runner, [w.item for w in batch])
+        except asyncio.CancelledError:
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(self._closed or Unavailable("the server is shutting down"))
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the runner raised is every request's answer
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(e)
+        else:
+            for w, r in zip(batch, results):
+                if not w.future.done():
+                    w.future.set_result(r)
+        if self.on_batch is not None:
+            self.on_batch(queries, len(batch), time.perf_counter() - started if seconds is None else seconds)
 
 
 def _timed(runner: Callable[[list], list], items: list) -> tuple[list, float]:

@@ -214,7 +214,7 @@ def _b64_rows(text, dim: int) -> np.ndarray:
 def npy_rows(raw: bytes, dim: int) -> np.ndarray:
     """f32[m, dim] of an .npy file's bytes (a float array [m, dim]; never unpickled)."""
     try:
-        x = np.load(io.BytesIO(raw), allow_pickle=False)
+        x = _npy_view(raw)
     except Exception as e:  # noqa: BLE001 - numpy raises ValueError, EOFError, OSError, SyntaxError, ... for broken files
         raise BadRequest(f"body is not a readable .npy file: {e}") from None
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
@@ -224,16 +224,38 @@ def npy_rows(raw: bytes, dim: int) -> np.ndarray:
     return _finite32(x.astype(np.float64, copy=False) if x.dtype.itemsize > 8 else x, "the .npy array")
 
 
+def _npy_view(raw: bytes) -> np.ndarray:
+    """The array of .npy bytes as a read-only view of them (np.load would copy the data once more
+    before _finite32's copy); format versions other than 1.0 / 2.0, and object arrays (refused
+    there), go through np.load without pickles."""
+    fp = io.BytesIO(raw)
+    version = np.lib.format.read_magic(fp)
+    if version not in ((1, 0), (2, 0)):
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(fp)
+    if dtype.hasobject:
+        return np.load(io.BytesIO(raw), allow_pickle=False)  # raises: object arrays need pickles
+    count, offset = math.prod(shape), fp.tell()
+    if len(raw) - offset != count * dtype.itemsize:
+        raise ValueError(f"the data holds {len(raw) - offset} bytes where shape {list(shape)} of {dtype} needs {count * dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F" if fortran_order else "C")
+
+
 def _finite32(x: np.ndarray, what: str) -> np.ndarray:
     """x as C-order native float32 after checking that it is finite and within float32."""
     if x.size:
-        finite = np.isfinite(x)  # never warns (nor do abs and max of finite values)
-        if not finite.all():
-            row, col = (int(v) for v in np.argwhere(~finite)[0])
-            raise BadRequest(f"{what} holds {x[row, col]} at row {row}, column {col}; vectors must be finite")
+        # Row norms in float64 without a float64 copy of x (einsum casts in small buffers: large
+        # temporaries cost a page fault per 4 KiB when every request maps fresh memory).
+        with np.errstate(over="ignore", invalid="ignore"):  # inf / nan rows are found below
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        if not np.isfinite(norms).all():  # a NaN / inf, or a float64 value whose square overflows
+            finite = np.isfinite(x)  # never warns (nor do abs and max of finite values)
+            if not finite.all():
+                row, col = (int(v) for v in np.argwhere(~finite)[0])
+                raise BadRequest(f"{what} holds {x[row, col]} at row {row}, column {col}; vectors must be finite")
         if x.dtype.itemsize > 4 and float(np.abs(x).max()) > FLOAT32_MAX:
             raise BadRequest(f"{what} holds values beyond the float32 range (|x| > {FLOAT32_MAX:.3g})")
-        norms = np.linalg.norm(x.astype(np.float64), axis=1)
         if norms.max() > MAX_NORM:
             row = int(norms.argmax())
             raise BadRequest(f"{what} row {row} has norm {norms[row]:.3g}; the server takes norms up to {MAX_NORM:.3g}, so that scores stay finite in float32")

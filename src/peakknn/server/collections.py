@@ -55,6 +55,7 @@ from .._locks import RWLock
 from ..io import fsync_dir, write_json
 from . import bodies, wal
 from .errors import BadRequest, Conflict, NotFound, Unavailable
+from .messages import json_bytes
 from .payloads import PayloadStore
 
 log = logging.getLogger("peakknn.server")
@@ -354,6 +355,11 @@ class Collection:
             out.append({"results": results})
         return out
 
+    def search_encoded(self, requests: list[bodies.Search]) -> list[bytes]:
+        """`search`'s results as JSON bytes (made in the worker thread: large answers never hold
+        the event loop)."""
+        return [json_bytes(r) for r in self.search(requests)]
+
     def info(self) -> dict:
         settings = {k: v for k, v in self.config.items() if k not in ("dim", "metric", "index")}
         info = {
@@ -478,22 +484,40 @@ def _replay(index, payloads: PayloadStore, record: wal.Record, name: str) -> Non
 
 
 # ----------------------------------------------------------------- the store
+def _lock_folder(lockfile, wait: float) -> None:
+    """An exclusive flock on lockfile, tried for `wait` seconds (BlockingIOError after that); no
+    lock where there is no fcntl (not POSIX: no guard against a second server)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """The collections in a data folder: opened (and recovered) at construction, one server per
     folder (an exclusive flock on DIR/.serve-lock)."""
 
-    def __init__(self, data_dir, *, trains_alone: bool = True):
-        """trains_alone=False: partitioned collections never train themselves (`Collection.open`)."""
+    batches_in_flight = 1  # batched searches the service runs at once per collection (here they share the event loop's interpreter lock)
+
+    def __init__(self, data_dir, *, trains_alone: bool = True, lock_wait: float = 0.0):
+        """trains_alone=False: partitioned collections never train themselves (`Collection.open`).
+        lock_wait: seconds to wait for the folder's lock (RuntimeError when another server still
+        holds it then)."""
         self.root = Path(data_dir)
         self.trains_alone = trains_alone
         self.root.mkdir(parents=True, exist_ok=True)
         self._lockfile = open(self.root / ".serve-lock", "a+b")  # noqa: SIM115 - held until close()
         try:
-            import fcntl
-
-            fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no guard against a second server
-            pass
+            _lock_folder(self._lockfile, lock_wait)
         except BlockingIOError:
             self._lockfile.close()
             raise RuntimeError(f"{self.root} is in use by another peakknn serve") from None

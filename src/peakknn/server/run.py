@@ -47,7 +47,7 @@ def serve(args) -> int:
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mb * (1 << 20)), snapshot_every=args.snapshot_every, snapshot_seconds=args.snapshot_seconds,
     )  # fmt: skip
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if getattr(args, "threads", None):
         import torch
 
@@ -61,6 +61,11 @@ def serve(args) -> int:
             return _serve_shard(args.data, rank, world_size)
         store = _open(lambda: sharded.ShardedStore(args.data))
         log.info("peakknn serve --sharded: rank 0 of %d", world_size)
+    elif getattr(args, "engine", "process") == "process":
+        from .engine import EngineStore
+
+        store = _open(lambda: EngineStore(args.data, threads=getattr(args, "threads", None), log_level=args.log_level,
+                                          on_death=lambda: os.kill(os.getpid(), signal.SIGTERM)))  # fmt: skip
     try:
         app = _open(lambda: create_app(args.data, api_key=key, store=store, **{f: getattr(settings, f) for f in settings.__dataclass_fields__}))
         config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.log_level, lifespan="on",
@@ -71,7 +76,12 @@ def serve(args) -> int:
     finally:
         if store is not None:
             store.close()  # the other ranks wait for it (a no-op after the app's shutdown closed it)
-    return 0 if server.started else 1
+    return 0 if server.started and not getattr(store, "died", False) else 1
+
+
+def configure_logging(level: str) -> None:
+    """The server's log lines (the HTTP process's and the engine's): time, level, logger, message."""
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _open(make):

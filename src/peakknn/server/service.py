@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-
-import orjson
 
 from . import bodies
 from .batching import Batcher
 from .collections import Collection, Store
 from .errors import BadRequest, NotFound
+from .messages import json_bytes
 from .metrics import Metrics
 from .settings import ServerSettings
 
@@ -28,7 +26,7 @@ log = logging.getLogger("peakknn.server")
 
 WRITE_THREADS = 32  # writes waiting for one group fsync at most
 READ_THREADS = 4  # gets, infos, /stats, /metrics, parsing large search bodies: never queued behind writes
-SEARCH_THREADS = 2  # batches of different collections at once (one per collection)
+SEARCH_THREADS = 4  # batches running at once, over all collections (each store says how many per collection)
 INLINE_BODY = 256 << 10  # search bodies up to this size are parsed on the event loop
 NPY = "application/x-npy"
 
@@ -39,7 +37,7 @@ class Service:
 
     def __init__(self, data_dir, settings: ServerSettings, store=None):
         self.settings = settings
-        self.store = Store(data_dir) if store is None else store  # store: a sharded.ShardedStore (same methods)
+        self.store = Store(data_dir) if store is None else store  # store: an engine.EngineStore, a sharded.ShardedStore (same methods)
         self._writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="peakknn-write")
         self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="peakknn-read")
         self._searches = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="peakknn-search")
@@ -73,11 +71,14 @@ class Service:
             await asyncio.sleep(period)
             now = time.monotonic()
             for c in self.store.collections():
-                if c.snapshot_due(self.settings.snapshot_every, self.settings.snapshot_seconds, now):
-                    try:
-                        await self._in(self._snapshots, c.snapshot)
-                    except Exception:  # logged; the collection says whether it failed
-                        log.exception("collection %s: scheduled snapshot", c.name)
+                try:  # in a thread: the engine process's collections ask it
+                    await self._in(self._snapshots, self._snapshot_if_due, c, now)
+                except Exception:  # logged; the collection says whether it failed
+                    log.exception("collection %s: scheduled snapshot", c.name)
+
+    def _snapshot_if_due(self, c, now: float) -> None:
+        if c.snapshot_due(self.settings.snapshot_every, self.settings.snapshot_seconds, now):
+            c.snapshot()
 
     # ----------------------------------------------------------------- collections
     async def create(self, name: str, raw: bytes) -> dict:
@@ -137,7 +138,7 @@ class Service:
         def work():
             ids, body = bodies.id_request(raw, {"with_vectors", "with_payload"})
             ids = bodies.ids_list(ids, storable=False)
-            return encode({"points": c.get(ids, bodies.get_bool(body, "with_vectors", False), bodies.get_bool(body, "with_payload", True))})
+            return json_bytes({"points": c.get(ids, bodies.get_bool(body, "with_vectors", False), bodies.get_bool(body, "with_payload", True))})
 
         return await self._in(self._reads, work)
 
@@ -177,7 +178,7 @@ class Service:
         batcher = self._batchers.get(c)
         if batcher is None:
             s = self.settings
-            batcher = Batcher(functools.partial(_search_encoded, c), self._searches, max_batch=s.max_batch, max_delay=s.max_delay_ms / 1000.0,
+            batcher = Batcher(c.search_encoded, self._searches, max_running=self.store.batches_in_flight, max_batch=s.max_batch, max_delay=s.max_delay_ms / 1000.0,
                               max_queue=s.max_queue, on_batch=self.metrics.batch)  # fmt: skip
             self._batchers[c] = batcher
         return batcher
@@ -187,14 +188,3 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
 
-def encode(value) -> bytes:
-    """JSON bytes of an answer, made in the worker thread (large answers never hold the loop);
-    the standard library where orjson cannot (integers beyond 64 bits in payloads)."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def _search_encoded(c: Collection, requests: list) -> list[bytes]:
-    return [encode(r) for r in c.search(requests)]

@@ -26,7 +26,7 @@ own points, so each meets the target over its own points. Gets ask every rank an
 request's order.
 
 Commands run one at a time (a lock on rank 0), so concurrent writes are not group-committed
-across ranks. A message is a JSON header plus raw numpy arrays in one uint8 tensor (`pack`), sent
+across ranks. A message is a JSON header plus raw numpy arrays in one uint8 tensor (`pack`, `messages`), sent
 with torch.distributed broadcast and gather (gloo); nothing is pickled. At start rank 0 sends
 its collections' configs ("sync"): a rank creates the ones it lacks and drops the ones rank 0
 does not have (rank 0's store decides after a crash between two ranks' creates or deletes).
@@ -39,9 +39,7 @@ signals torchrun forwards and wait for that command).
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import math
 import os
 import threading
 import time
@@ -51,10 +49,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import messages
 from .bodies import Search
 from .collections import Store
 from .errors import ApiError, NotFound
-from .payloads import compile_filter
 
 log = logging.getLogger("peakknn.server")
 
@@ -72,25 +70,13 @@ def owner(ids: np.ndarray, world_size: int) -> np.ndarray:
 
 # ----------------------------------------------------------------- messages
 def pack(header: dict, arrays: dict[str, np.ndarray] | None = None) -> torch.Tensor:
-    """u8 tensor: 8-byte little-endian length of a JSON {"header", "arrays": [[name, dtype,
-    shape], ...]}, the JSON, then each array's bytes (C order)."""
-    arrays = arrays or {}
-    meta = json.dumps({"header": header, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays.items()]}).encode()
-    raw = b"".join([len(meta).to_bytes(8, "little"), meta, *(np.ascontiguousarray(a).tobytes() for a in arrays.values())])
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    """u8 tensor of a `messages.encode`d (header, arrays)."""
+    return torch.frombuffer(bytearray(b"".join(messages.encode(header, arrays))), dtype=torch.uint8)
 
 
 def unpack(message: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
     """(header, arrays) of a `pack`ed message."""
-    raw = message.numpy().tobytes()
-    size = int.from_bytes(raw[:8], "little")
-    meta = json.loads(raw[8 : 8 + size])
-    arrays, at = {}, 8 + size
-    for name, dtype, shape in meta["arrays"]:
-        count = math.prod(shape)
-        arrays[name] = np.frombuffer(raw, dtype=np.dtype(dtype), count=count, offset=at).reshape(shape).copy()
-        at += count * np.dtype(dtype).itemsize
-    return meta["header"], arrays
+    return messages.decode(message.numpy())
 
 
 class Channel:
@@ -193,12 +179,7 @@ class Shard:
         return {"points": self.store.get(header["name"]).get(ids[self._mine(ids)], header["with_vectors"], header["with_payload"])}, {}
 
     def _search(self, header, arrays):
-        c, queries, at, requests = self.store.get(header["name"]), arrays["queries"], 0, []
-        for r in header["requests"]:
-            spec = None if r["filter"] is None else json.loads(r["filter"])
-            requests.append(Search(queries[at : at + r["n"]], r["k"], r["recall_target"], r["probe"], compile_filter(spec), r["with_payload"]))
-            at += r["n"]
-        return {"results": c.search(requests)}, {}
+        return {"results": self.store.get(header["name"]).search(messages.searches(header["requests"], arrays["queries"]))}, {}
 
     def _calibrate(self, header, arrays):
         return self.store.get(header["name"]).calibrate(arrays["queries"]), {}
@@ -244,6 +225,8 @@ class Driver:
 
 class ShardedStore:
     """Rank 0's store of sharded collections (the methods of `collections.Store`)."""
+
+    batches_in_flight = 1  # commands run one at a time
 
     def __init__(self, data_dir, group=None):
         channel = Channel(group)
@@ -358,9 +341,7 @@ class ShardedCollection:
 
     def search(self, requests: list[Search]) -> list[dict]:
         """One result per request, as `Collection.search`: the best k of every shard's k."""
-        specs = [{"n": int(r.queries.shape[0]), "k": r.k, "recall_target": r.recall_target, "probe": r.probe,
-                  "filter": None if r.filter is None else r.filter.key, "with_payload": r.with_payload} for r in requests]  # fmt: skip
-        queries = np.concatenate([r.queries for r in requests]) if len(requests) > 1 else requests[0].queries
+        specs, queries = messages.search_specs(requests)
         replies = self._call("search", {"requests": specs}, {"queries": queries})
         descending = self.config["metric"] != "l2"
         out = []
@@ -368,6 +349,9 @@ class ShardedCollection:
             per_shard = [reply["results"][i]["results"] for reply, _ in replies]
             out.append({"results": [_merge([s[q] for s in per_shard], r.k, descending, r.with_payload) for q in range(r.queries.shape[0])]})
         return out
+
+    def search_encoded(self, requests: list[Search]) -> list[bytes]:
+        return [messages.json_bytes(r) for r in self.search(requests)]
 
     def calibrate(self, queries: np.ndarray) -> dict:
         """Every shard measures its curves on the queries (each then meets the target over its
