@@ -26,12 +26,14 @@ synthetic clustered cosine set of --n x --d (56,000 x 384, 1,000 queries; peakkn
    alternate on, off, on, off ... (--rounds of each); figures are medians over rounds, errors
    (transport errors, non-200 answers, bodies that are not search results) are summed over
    everything, warm-ups included.
-4. CPU: per round the server's process CPU time (/proc/PID/stat), this process's (the clients:
+4. CPU: per round the server's CPU time (/proc/PID/stat of its process and of its engine process), this process's (the clients:
    resource.getrusage) and the whole machine's busy time (/proc/stat), as shares of the round's
    wall time x logical CPUs. Batch sizes come from the server's /stats before and after a round,
    the mean time of one batched index search and the share of the round the search worker was
    busy from its /metrics (peakknn_search_batch_duration_seconds). A phase where other processes
    took more than 10% of the machine is flagged in the report ("contended" in the JSON).
+   --compare ARGS adds a third server (batching on, those options) to the same interleaved
+   rounds and bulk loads, e.g. --compare '--engine inline' (the collections in the HTTP process).
 5. A check: the first --verify queries, one request each, against each server give the ids the
    in-process index gives (overlap@k reported).
 
@@ -95,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--add-repeat", type=int, default=3, help="in-process Index.add builds, median (default: %(default)s)")
     p.add_argument("--verify", type=int, default=32, help="queries checked against the in-process index (default: %(default)s)")
     p.add_argument("--server-args", default="", help="more `peakknn serve` options of the batched server, e.g. '--threads 1'")
+    p.add_argument("--compare", default=None, help="options of a third server, batching on, measured in the same interleaved rounds "
+                   "and bulk-loaded the same way (targets stay those of the batched server), e.g. '--engine inline'")
     p.add_argument("--max-batch", type=int, default=None, help="--max-batch of the batched server (default: the server's)")
     p.add_argument("--max-delay-ms", type=float, default=None, help="--max-delay-ms of the batched server (default: the server's)")
     p.add_argument("--profile", default=None, help="folder: run the servers under cProfile and write their profiles there")
@@ -125,6 +129,23 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def tree_cpu(pid: int) -> float:
+    """proc_cpu of `pid` and of its live descendants (the server's engine process)."""
+    total = proc_cpu(pid)
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            try:
+                total += tree_cpu(child)
+            except OSError:  # the child ended meanwhile
+                pass
+    return total
 
 
 def self_cpu() -> float:
@@ -192,7 +213,7 @@ class Server:
             time.sleep(0.1)
 
     def cpu(self) -> float:
-        return proc_cpu(self.proc.pid)
+        return tree_cpu(self.proc.pid)
 
     def stats(self) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
@@ -479,7 +500,10 @@ def report(res: dict) -> str:
         "| method | q/s | p50 ms | p99 ms | errors | mean batch | batch ms | search worker busy | CPU server | CPU clients | CPU others | machine busy |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, m in (("HTTP, batching on (" + s["batched_args"] + ")", on), ("HTTP, batching off (--max-batch 1)", off)):
+    rows = [("HTTP, batching on (" + s["batched_args"] + ")", on), ("HTTP, batching off (--max-batch 1)", off)]
+    if s.get("compared"):
+        rows.append(("HTTP, batching on, compared (" + s["compared_args"] + ")", s["compared"]))
+    for label, m in rows:
         lines.append(f"| {label} | {_f(m['qps'])} | {_f(m['p50_ms'], '.1f')} | {_f(m['p99_ms'], '.1f')} | {m['errors']} | "
                      f"{_f(m['mean_batch'], '.1f')} | {_f(m['mean_batch_ms'], '.1f')} | {_f(m['search_worker_busy'], '.0%')} | {m['server_share']:.0%} | {m['clients_share']:.0%} | {m['others_share']:.0%} | {m['machine_busy_share']:.0%} |")  # fmt: skip
     lines += [
@@ -487,15 +511,15 @@ def report(res: dict) -> str:
         f"| library Index.search, one query per call | {_f(lib['single_qps'])} | - | - | - | 1 | {_f(1e3 / lib['single_qps'], '.1f')} | - | - | - | - | - |",
         "",
         "batch ms: mean time of one index search as the server times it (its worker thread's run); search worker busy: share",
-        "of the round's wall time that a batch was running (one batch at a time per collection).",
-        "CPU: shares of the round's wall time x logical CPUs (server: its process; clients: this process; others: the rest of",
+        "of the round's wall time that a batch was running (the sum over the batches in flight: the engine process runs two at a time, so up to 200%).",
+        "CPU: shares of the round's wall time x logical CPUs (server: its HTTP and engine processes; clients: this process; others: the rest of",
         (f"the machine, the idle other server included; machine: /proc/stat). Before the run the machine was {res['background_busy_share']:.0%} busy "
          f"(1 s sample), load average {res['loadavg_start']:.2f}."),
         "",
         "| bulk load (peakknn.Client.upsert) | seconds | MB/s | requests | server CPU s |",
         "|---|---|---|---|---|",
     ]
-    for label in ("batched", "unbatched"):
+    for label in load:
         b = load[label]
         lines.append(f"| into the {label} server | {b['seconds']:.2f} | {b['mb_per_s']:,.0f} | {b['requests']} | {b['server_cpu_s']:.2f} |")
     npy = res["bulk_load_npy"]
@@ -512,6 +536,11 @@ def report(res: dict) -> str:
         v = t[name]["value"]
         shown = "-" if v is None else (f"{v:.0%}" if name == "batched_over_library" else (str(v) if name == "errors" else f"{v:.2f}x"))
         lines.append(f"| {name.replace('_', ' ')} | {shown} | {goal} | {'yes' if t[name]['met'] else 'NO'} |")
+    if s.get("compared"):
+        c = s["compared"]
+        lines += ["", (f"compared server ({s['compared_args']}): {_f(c['qps'])} q/s, {c['qps'] / lib['batched_qps']:.0%} of the library; "
+                       f"the batched server does {on['qps'] / c['qps']:.2f}x its q/s; bulk load {load['compared']['seconds']:.2f} s against "
+                       f"{load['batched']['seconds']:.2f} s (same rounds, interleaved)")]
     if res.get("agreement"):
         lines += ["", "overlap@k of the servers' answers with the in-process index: " + ", ".join(f"{k} {v:.3f}" for k, v in res["agreement"].items())]
     if res["contended"]:
@@ -524,8 +553,8 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def targets(on: dict, off: dict, lib: dict, load: dict) -> dict:
-    errors = on["errors"] + off["errors"]
+def targets(on: dict, off: dict, lib: dict, load: dict, compared: dict | None = None) -> dict:
+    errors = on["errors"] + off["errors"] + (compared["errors"] if compared else 0)
     bu = on["qps"] / off["qps"] if on["qps"] and off["qps"] else None
     bl = on["qps"] / lib["batched_qps"] if on["qps"] else None
     la = statistics.median(b["seconds"] for b in load.values()) / lib["add_s"]
@@ -560,6 +589,8 @@ def main(argv=None) -> int:
             "batched": Server("batched", tmp / "batched", on_args, prof / "batched.prof" if prof else None),
             "unbatched": Server("unbatched", tmp / "unbatched", ["--max-batch", "1"], prof / "unbatched.prof" if prof else None),
         }
+        if args.compare is not None:
+            servers["compared"] = Server("compared", tmp / "compared", shlex.split(args.compare), prof / "compared.prof" if prof else None)
         try:
             for s in servers.values():
                 s.launch()  # both start at once; the library is measured once they idle
@@ -575,7 +606,7 @@ def main(argv=None) -> int:
             bodies = [json.dumps({"vectors": [q.tolist()], "k": args.k}, separators=(",", ":")).encode() for q in queries]
             rounds = []
             for r in range(args.rounds):
-                for label in ("batched", "unbatched"):
+                for label in servers:
                     rr = load_round(servers[label], bodies, args)
                     rr["round"] = r
                     rounds.append(rr)
@@ -594,14 +625,15 @@ def main(argv=None) -> int:
     on = summarize([r for r in rounds if r["server"] == "batched"])
     off = summarize([r for r in rounds if r["server"] == "unbatched"])
     on_text = " ".join(on_args) if on_args else "defaults"
+    compared = summarize([r for r in rounds if r["server"] == "compared"]) if args.compare is not None else None
     res = {
         "dataset": name, "n": int(train.shape[0]), "d": int(train.shape[1]), "queries": len(queries), "k": args.k, "metric": metric,
         "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "clients": args.clients, "seconds": args.seconds, "warmup": args.warmup, "rounds": args.rounds, "command": command,
         "server_args": {label: s.args for label, s in servers.items()}, "profiled": bool(prof),
         "background_busy_share": background, "loadavg_start": loadavg, "library": lib, "bulk_load": load, "bulk_load_npy": npy,
-        "servers": {"batched": on, "unbatched": off, "batched_args": on_text},
-        "targets": targets(on, off, lib, load), "agreement": agreement, "rounds_detail": rounds,
+        "servers": {"batched": on, "unbatched": off, "batched_args": on_text, "compared": compared, "compared_args": args.compare},
+        "targets": targets(on, off, lib, {k: v for k, v in load.items() if k != "compared"}, compared), "agreement": agreement, "rounds_detail": rounds,
         "contended": ([f"library search ({lib['others_share']:.0%})"] if lib["others_share"] > CONTENDED else [])
         + [f"round {r['round'] + 1} {r['server']} ({r['cpu']['others_share']:.0%})" for r in rounds if r["cpu"]["others_share"] > CONTENDED],
         "total_s": time.perf_counter() - started,
