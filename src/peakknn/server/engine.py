@@ -127,12 +127,11 @@ class EngineStore:
         theirs.close()
         self._link = Link(ours)
         first = self._link.receive()
-        if first is None:
-            raise RuntimeError(f"the engine process exited with code {self.process.wait()} before opening {self.root}")
-        ready, _ = messages.decode(first, copy=False)
+        ready = {"error": {"message": "no answer"}} if first is None else messages.decode(first, copy=False)[0]
         if "error" in ready:
-            self.process.wait()
-            raise RuntimeError(ready["error"]["message"])
+            code = self.process.wait()
+            self._link.close()
+            raise RuntimeError(ready["error"]["message"] if first is not None else f"the engine process exited with code {code} before opening {self.root}")
         self._collections = {name: EngineCollection(self, name, config) for name, config in ready["collections"].items()}
         self._lock = threading.Lock()  # the collections dict (held briefly: the event loop takes it)
         self._changing = threading.Lock()  # creates and deletes, one at a time
@@ -167,11 +166,15 @@ class EngineStore:
         return reply, out
 
     def _read(self) -> None:
-        while (raw := self._link.receive()) is not None:
-            reply, out = messages.decode(raw, copy=False)
-            with self._calls_lock:
-                future = self._pending.pop(reply.pop("call"))
-            future.set_result((reply, out))
+        try:
+            while (raw := self._link.receive()) is not None:
+                reply, out = messages.decode(raw, copy=False)
+                with self._calls_lock:
+                    future = self._pending.pop(reply.pop("call"))
+                future.set_result((reply, out))
+        except Exception:  # a reply this cannot read: nothing more can be trusted
+            log.exception("peakknn serve: a reply of the engine process could not be read: stopping it")
+            self.process.kill()
         code = self.process.wait()
         with self._calls_lock:
             self._lost = f"the engine process exited (code {code})" + ("" if self.closed else ": the server is stopping")
@@ -327,7 +330,12 @@ class Engine:
             log.exception("peakknn engine: command %s", op)
             reply, out = {"error": {"status": 500, "message": fault_message(e)}}, {}
         try:
-            self.link.send(messages.encode({"call": call, **reply}, out))
+            message = messages.encode({"call": call, **reply}, out)
+        except Exception as e:  # noqa: BLE001 - an answer that cannot be sent is a 500, never a call left waiting
+            log.exception("peakknn engine: the answer of command %s", op)
+            message = messages.encode({"call": call, "error": {"status": 500, "message": fault_message(e)}})
+        try:
+            self.link.send(message)
         except OSError:  # the HTTP process is gone; the reader sees the end of the socket
             pass
 
