@@ -48,6 +48,13 @@ def test_messages_read_back_every_dtype_and_shape(copy):
             assert got[name].ctypes.data % got[name].dtype.itemsize == 0, f"{name} is not aligned"
 
 
+def test_object_arrays_are_refused():
+    raw = bytearray(b"".join(messages.encode({}, {"x": np.zeros(2, np.int64)})))
+    raw = raw.replace(b"<i8", b"|O8")  # same length: the header still parses
+    with pytest.raises(ValueError, match="object arrays"):
+        messages.decode(raw)
+
+
 def test_search_requests_travel_exactly():
     rng = np.random.default_rng(1)
     spec = {"must": [{"key": "lang", "match": "en"}], "ids": [3, 1]}

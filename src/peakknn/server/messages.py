@@ -74,6 +74,8 @@ def decode(raw, copy: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     arrays, at = {}, 8 + size
     for name, dtype, shape in meta["arrays"]:
         dtype = np.dtype(dtype)
+        if dtype.hasobject:  # raw bytes of objects would be pointers
+            raise ValueError(f"array {name!r} of the message has dtype {dtype}: object arrays are never sent")
         count = math.prod(shape)
         a = np.frombuffer(raw, dtype=dtype, count=count, offset=at).reshape(shape)
         arrays[name] = a.copy() if copy else a
