@@ -502,7 +502,27 @@ def _lock_folder(lockfile, wait: float) -> None:
             time.sleep(0.05)
 
 
-class Store:
+class NamedCollections:
+    """names / get / collections of a store that keeps its collections in `self._collections` (a
+    dict by name) under `self._lock` (this store, sharded.ShardedStore, engine.EngineStore)."""
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._collections)
+
+    def get(self, name: str):
+        with self._lock:
+            c = self._collections.get(name)
+        if c is None:
+            raise NotFound(f"no collection {name!r}")
+        return c
+
+    def collections(self) -> list:
+        with self._lock:
+            return [self._collections[n] for n in sorted(self._collections)]
+
+
+class Store(NamedCollections):
     """The collections in a data folder: opened (and recovered) at construction, one server per
     folder (an exclusive flock on DIR/.serve-lock)."""
 
@@ -530,17 +550,6 @@ class Store:
         for path in sorted(self.folder.iterdir()):
             if path.is_dir() and NAME.fullmatch(path.name) and (path / CONFIG).exists():
                 self._collections[path.name] = Collection.open(path, trains_alone=trains_alone)
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._collections)
-
-    def get(self, name: str) -> Collection:
-        with self._lock:
-            c = self._collections.get(name)
-        if c is None:
-            raise NotFound(f"no collection {name!r}")
-        return c
 
     def create(self, name: str, body: dict) -> tuple[Collection, bool]:
         """(collection, created): the existing one when its config is the same; Conflict if not."""
@@ -575,10 +584,6 @@ class Store:
             fsync_dir(self.folder)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("collection %s deleted", name)
-
-    def collections(self) -> list[Collection]:
-        with self._lock:
-            return [self._collections[n] for n in sorted(self._collections)]
 
     def close(self) -> None:
         """Snapshot and close every collection, then release the folder."""

@@ -49,7 +49,8 @@ import numpy as np
 import torch
 
 from . import messages
-from .errors import ApiError, NotFound, Unavailable, fault_message
+from .collections import NamedCollections
+from .errors import ApiError, Unavailable, fault_message
 
 log = logging.getLogger("peakknn.server")
 
@@ -103,7 +104,7 @@ class Link:
 
 
 # ----------------------------------------------------------------- the HTTP process's side
-class EngineStore:
+class EngineStore(NamedCollections):
     """The store of collections in `data_dir`, held by an engine process that this starts (see the
     module): the methods of `collections.Store` that `service.Service` uses. RuntimeError when
     the engine cannot open the folder (e.g. another server holds it)."""
@@ -187,18 +188,7 @@ class EngineStore:
             if self.on_death is not None:
                 self.on_death()
 
-    # ----------------------------------------------------------------- the methods of Store
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._collections)
-
-    def get(self, name: str) -> EngineCollection:
-        with self._lock:
-            c = self._collections.get(name)
-        if c is None:
-            raise NotFound(f"no collection {name!r}")
-        return c
-
+    # ----------------------------------------------------------------- the methods of Store (and NamedCollections')
     def create(self, name: str, body: dict) -> tuple[EngineCollection, bool]:
         with self._changing:
             reply, _ = self.call("create", {"name": name, "body": body})
@@ -215,10 +205,6 @@ class EngineStore:
             with self._lock:
                 self._collections.pop(name)
             c.closed = True
-
-    def collections(self) -> list[EngineCollection]:
-        with self._lock:
-            return [self._collections[n] for n in sorted(self._collections)]
 
     def close(self) -> None:
         """The engine snapshots and closes every collection and exits (killed after CLOSE_WAIT

@@ -51,7 +51,7 @@ import torch.distributed as dist
 
 from . import messages
 from .bodies import Search
-from .collections import Store
+from .collections import NamedCollections, Store
 from .errors import ApiError, NotFound
 
 log = logging.getLogger("peakknn.server")
@@ -223,7 +223,7 @@ class Driver:
         return replies
 
 
-class ShardedStore:
+class ShardedStore(NamedCollections):
     """Rank 0's store of sharded collections (the methods of `collections.Store`)."""
 
     batches_in_flight = 1  # commands run one at a time
@@ -242,17 +242,6 @@ class ShardedStore:
                 infos = [r["info"] for r, _ in c._call("info")]
                 c.train_when_due([(i["count"], i["trained"]) for i in infos])
 
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._collections)
-
-    def get(self, name: str) -> ShardedCollection:
-        with self._lock:
-            c = self._collections.get(name)
-        if c is None:
-            raise NotFound(f"no collection {name!r}")
-        return c
-
     def create(self, name: str, body: dict) -> tuple[ShardedCollection, bool]:
         with self._lock:
             (reply, _), *_ = self.driver.call("create", {"name": name, "body": body})
@@ -267,10 +256,6 @@ class ShardedStore:
                 raise NotFound(f"no collection {name!r}")
             self.driver.call("delete", {"name": name})
             self._collections.pop(name)
-
-    def collections(self) -> list[ShardedCollection]:
-        with self._lock:
-            return [self._collections[n] for n in sorted(self._collections)]
 
     def close(self) -> None:
         """Every rank snapshots and closes its store; the other ranks then exit."""
