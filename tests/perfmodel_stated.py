@@ -13,4 +13,5 @@ STATED = perfmodel.Ceilings(
     read_bandwidth=40e9,
     cache_bytes=32 << 20,
     probe_flops=100e9,
+    packed_queries={"fp32": 256, "bf16": 64},
 )

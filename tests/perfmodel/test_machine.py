@@ -63,7 +63,7 @@ def reload(monkeypatch) -> perfmodel.Ceilings:
 def test_cache_round_trip_refresh_and_corruption(cache, monkeypatch):
     assert perfmodel.ceilings("cpu") == cache[0] and len(cache) == 1
     path = perfmodel.cache_path("cpu")
-    assert json.loads(path.read_text())["format"] == perfmodel.FORMAT == "peakknn.ceilings/2"
+    assert json.loads(path.read_text())["format"] == perfmodel.FORMAT == "peakknn.ceilings/3"
     assert reload(monkeypatch) == cache[0] and len(cache) == 1  # read back from disk
     assert perfmodel.ceilings("cpu", refresh=True) == cache[1] and len(cache) == 2
     for bad in ("not json", json.dumps({"format": "other"}), json.dumps({"format": perfmodel.FORMAT, "bandwidth": -1})):
@@ -71,6 +71,16 @@ def test_cache_round_trip_refresh_and_corruption(cache, monkeypatch):
         assert reload(monkeypatch) == cache[-1]  # ignored and re-measured
     assert len(cache) == 5
     assert json.loads(path.read_text())["bandwidth"] == cache[-1].bandwidth  # replaced by a good file
+
+
+def test_a_file_with_odd_packed_ceilings_is_measured_again(cache, monkeypatch):
+    perfmodel.ceilings("cpu")
+    saved = json.loads(perfmodel.cache_path("cpu").read_text())
+    assert saved["packed_queries"] == STATED.packed_queries
+    for odd in ({"fp32": -1, "bf16": 64}, {"fp32": 64}, {"fp32": 1.5, "bf16": 64}, {"fp32": 10**6, "bf16": 64}):
+        perfmodel.cache_path("cpu").write_text(json.dumps({**saved, "packed_queries": odd}))
+        before = len(cache)
+        assert reload(monkeypatch) == cache[-1] and len(cache) == before + 1, odd
 
 
 def test_the_file_names_the_machine_torch_and_date(cache, monkeypatch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .packed import product
 from .plan import CHUNK_COLUMNS, ScanPlan
 from .table import Table, in_frame
 
@@ -23,10 +24,14 @@ DEEPEST_RERANK = 8  # ... up to this multiple of the planned rerank
 UNRESOLVED_FRACTION = 0.25  # more winners than this share of the bins within rounding: bins hide rows too (fp32 scan)
 
 
-def scan_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def scan_cells(
+    table: Table, q_scan: torch.Tensor, plan: ScanPlan, packed: list[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidate slots, their validity, and the queries the scan dtype could not resolve.
 
-    q_scan: [nq, d'] queries [q, 1, 0...] in the scan dtype.
+    q_scan: [nq, d'] queries [q, 1, 0...] in the scan dtype; packed: the table's first chunks
+    packed for the CPU's matrix kernel (`engine.packed`; chunk c = rows of chunk c), used for
+    the chunks they cover (torch.mm's scores up to the order of the fp32 sums).
     Returns slots i64[nq, c * groups] (clamped to [0, n)), valid bool[nq, same] and unresolved
     bool[nq] (`winners_within_rounding`; such queries need an fp32 scan), c >= rerank.
     """
@@ -40,12 +45,13 @@ def scan_cells(table: Table, q_scan: torch.Tensor, plan: ScanPlan) -> tuple[torc
     better = torch.empty((nq, bins), dtype=torch.bool, device=device)
     for c, start in enumerate(range(0, table.n, chunk)):
         stop = min(start + chunk, table.n)
-        rows = table.scan_rows(start, stop)
-        if stop - start == chunk:
-            torch.mm(q_scan, rows.T, out=scores)
+        if packed is not None and c < len(packed):
+            scores = product(q_scan, packed[c])
+        elif stop - start == chunk:
+            torch.mm(q_scan, table.scan_rows(start, stop).T, out=scores)
         else:  # last partial chunk: pad the score block with -inf
             scores.fill_(float("-inf"))
-            scores[:, : stop - start] = q_scan @ rows.T
+            scores[:, : stop - start] = q_scan @ table.scan_rows(start, stop).T
         torch.amax(scores.view(nq, groups, bins), dim=1, out=chunk_best)
         torch.gt(chunk_best, best, out=better)
         torch.maximum(best, chunk_best, out=best)

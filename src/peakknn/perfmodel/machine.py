@@ -10,6 +10,9 @@ roofline (peakknn.perfmodel.roofline) predicts from.
   strided max over 16 groups, running-state update) is within CHUNK_TOLERANCE of the best rate
   per score (wider chunks also mean more bins, which the probe does not see);
 - compare_rate[dtype]: elements/s of the partial reduction (a strided max over [QB, g, L]);
+- packed_queries[dtype]: the most queries (of PACKED_QUERIES) up to which a scan over packed rows
+  (engine.packed, CPU) beats the plain product (by PACKED_GAIN) at every count probed, over PACKED_BYTES of rows in
+  chunks of best_chunk; 0 where it never does or this torch cannot pack (and on CUDA);
 - bandwidth: bytes/s of a large copy (read + write counted); read_bandwidth: bytes/s of a large
   read-only sum; cache_bytes: the capacity of all on-chip data caches (an upper bound);
 - device, cores, threads, torch_version: the machine measured; measured_at: when (ISO 8601,
@@ -43,11 +46,12 @@ from pathlib import Path
 import torch
 
 from .._types import precision_name, scan_dtype
+from ..engine import packed
 from ..evaluation import timed
 
 LOG = logging.getLogger(__name__)
 
-FORMAT = "peakknn.ceilings/2"
+FORMAT = "peakknn.ceilings/3"
 DTYPES = ("fp32", "bf16")
 CHUNK_WIDTHS = (2048, 4096, 8192, 16384)  # candidate scores per query per chunk
 CHUNK_TOLERANCE = 0.10
@@ -63,6 +67,9 @@ MAX_AGE_DAYS = 30  # a cache file older than this is measured again
 QUICK_PROBE = (256, 2048, 128)  # queries, rows, dim of the quick fp32 probe (134 MFLOP)
 PROBE_FACTOR = 1.25  # a quick probe this much faster than at the measurement: the file is stale
 BANDWIDTH_BYTES = 1 << 28  # the copy probe's buffer (256 MiB), assumed larger than the caches
+PACKED_QUERIES = (4, 16, 64, 256)  # query counts of the packed-rows probe
+PACKED_BYTES = 16 << 20  # rows the packed-rows probe scans (more than most L2 caches: read from L3 or memory)
+PACKED_GAIN = 0.95  # packed rows count as faster when they take at most this share of the plain time (not timing noise)
 
 
 def dtype_key(dtype) -> str:
@@ -87,6 +94,7 @@ class Ceilings:
     read_bandwidth: float = 0.0
     cache_bytes: int = 0
     probe_flops: float = 0.0
+    packed_queries: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def matmul(self, dtype) -> float:
         return self.matmul_flops[dtype_key(dtype)]
@@ -103,6 +111,10 @@ class Ceilings:
 
     def compare(self, dtype) -> float:
         return self.compare_rate[dtype_key(dtype)]
+
+    def packed(self, dtype) -> int:
+        """Most queries per block that scan packed rows faster than plain ones (0: never)."""
+        return self.packed_queries.get(dtype_key(dtype), 0)
 
     def pass_queries(self, dtype) -> int:
         """Queries per pass over the database so that reading it once per pass costs <=
@@ -148,10 +160,30 @@ def _scan_step(q: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
     torch.zeros_like(better, dtype=torch.int32).masked_fill_(better, 1)
 
 
+def _packed_queries(dtype: torch.dtype, chunk: int, dev: torch.device, repeat: int) -> int:
+    """The packed_queries ceiling of dtype (module docstring)."""
+    if dev.type != "cpu" or not packed.supported(dtype):
+        return 0
+    count = max(1, PACKED_BYTES // (chunk * PROBE_DIM * dtype.itemsize))
+    x = torch.randn(count * chunk, PROBE_DIM).to(dtype)
+    chunks = [x[c * chunk : (c + 1) * chunk] for c in range(count)]
+    packs = [packed.pack(rows) for rows in chunks]
+    best = 0
+    for m in PACKED_QUERIES:
+        q = torch.randn(m, PROBE_DIM).to(dtype)
+        out = torch.empty(m, chunk, dtype=dtype)
+        plain = _best_time(lambda q=q, out=out: [torch.mm(q, rows.T, out=out) for rows in chunks], dev, repeat)
+        fast = _best_time(lambda q=q: [packed.product(q, p) for p in packs], dev, repeat)
+        if fast > PACKED_GAIN * plain:
+            break
+        best = m
+    return best
+
+
 def measure(device="cpu", *, repeat: int = 5) -> Ceilings:
     """Measure the ceilings of `device` now (about two seconds on a CPU). Does not touch the cache."""
     dev = torch.device(device)
-    flops, peaks, chunks, compares = {}, {}, {}, {}
+    flops, peaks, chunks, compares, packs = {}, {}, {}, {}, {}
     for name in DTYPES:
         dtype = scan_dtype(name)
         q = torch.randn(PROBE_QUERIES, PROBE_DIM, device=dev).to(dtype)
@@ -173,6 +205,7 @@ def measure(device="cpu", *, repeat: int = 5) -> Ceilings:
         view = scores.view(PROBE_QUERIES, -1, PROBE_BINS)
         secs = _best_time(lambda view=view, winners=winners: torch.amax(view, dim=1, out=winners), dev, repeat)
         compares[name] = scores.numel() / secs
+        packs[name] = _packed_queries(dtype, chunks[name], dev, max(2, repeat // 2))
     quick = probe(dev)
     peaks["fp32"] = max(peaks["fp32"], quick)
     src = torch.empty(BANDWIDTH_BYTES // 4, dtype=torch.float32, device=dev).fill_(1.0)
@@ -189,6 +222,7 @@ def measure(device="cpu", *, repeat: int = 5) -> Ceilings:
         read_bandwidth=BANDWIDTH_BYTES / read_secs,
         cache_bytes=_cache_bytes(dev),
         probe_flops=quick,
+        packed_queries=packs,
         **_identity(dev),
     )
 
@@ -303,11 +337,13 @@ def _read(path: Path) -> Ceilings | None:
         if payload.pop("format") != FORMAT:
             return None
         found = Ceilings(**payload)
-        per_dtype = (found.matmul_flops, found.peak_flops, found.best_chunk, found.compare_rate)
+        per_dtype = (found.matmul_flops, found.peak_flops, found.best_chunk, found.compare_rate, found.packed_queries)
         rates = [*found.matmul_flops.values(), *found.peak_flops.values(), *found.compare_rate.values(), found.bandwidth, found.read_bandwidth, found.probe_flops]
         if not all(set(values) == set(DTYPES) for values in per_dtype) or not set(found.best_chunk.values()) <= set(CHUNK_WIDTHS):
             return None
         if not all(isinstance(r, (int, float)) and r > 0 for r in rates) or not isinstance(found.cache_bytes, int) or found.cache_bytes <= 0:
+            return None
+        if not all(isinstance(m, int) and 0 <= m <= max(PACKED_QUERIES) for m in found.packed_queries.values()):
             return None
         return found if isinstance(found.measured_at, str) else None
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
@@ -328,6 +364,7 @@ def summary(c: Ceilings) -> str:
     """One line per ceiling, for `peakknn bench` and logs."""
     parts = [f"device {c.device}, {c.threads} threads, measured {c.measured_at or 'at an unknown date'}"]
     for name in DTYPES:
-        parts.append(f"{name}: matmul {c.matmul_flops[name] / 1e9:,.0f} GFLOP/s (peak {c.peak(name) / 1e9:,.0f}, chunk {c.best_chunk[name]}), compare {c.compare_rate[name] / 1e9:.1f} G/s")
+        parts.append(f"{name}: matmul {c.matmul_flops[name] / 1e9:,.0f} GFLOP/s (peak {c.peak(name) / 1e9:,.0f}, chunk {c.best_chunk[name]}), "
+                     f"compare {c.compare_rate[name] / 1e9:.1f} G/s, packed rows up to {c.packed(name)} queries")
     parts.append(f"bandwidth {c.bandwidth / 1e9:.1f} GB/s copy, {c.peak_bandwidth / 1e9:.1f} peak; caches {c.cache_bytes / 2**20:,.1f} MiB")
     return "; ".join(parts)

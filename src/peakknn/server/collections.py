@@ -148,6 +148,8 @@ class Collection:
     def __init__(self, name: str, folder: Path, config: dict, index, payloads: PayloadStore, log_: wal.WriteAheadLog, snapshot: dict | None):
         self.name, self.folder, self.config = name, folder, config
         self.index, self.payloads, self.wal = index, payloads, log_
+        if isinstance(index, Index):  # a server's batches are small: packed rows scan them faster (engine.packed)
+            index.packed_scan = True
         self.snapshot_seq = snapshot["seq"] if snapshot else 0
         self.last_snapshot: str | None = snapshot["time"] if snapshot else None
         self.writes_since_snapshot = 0
