@@ -10,6 +10,7 @@ from conftest import unique_name
 from serve_helpers import filter_holds
 
 from peakknn.server.errors import BadRequest
+from peakknn.server import payloads as payloads_module
 from peakknn.server.payloads import PayloadStore, compile_filter
 
 LANGS = ["en", "de", "fr", "日本", "it's", "a\"b"]
@@ -136,6 +137,24 @@ def test_filter_semantics(tmp_path, spec, ids):
     assert compile_filter(spec).allowed(store).tolist() == ids
     store.close()
     assert compiled.key == compile_filter(dict(reversed(list(spec.items())))).key  # canonical
+
+
+@pytest.mark.parametrize("json_each", [True, False])
+def test_upserts_without_payloads_clear_them(tmp_path, monkeypatch, json_each):
+    """An upsert without payloads (one SQLite statement over the ids where JSON functions exist)
+    leaves every id a row with no payload, as executemany does."""
+    if json_each and not payloads_module.JSON_EACH:
+        pytest.skip("this SQLite has no JSON functions")
+    monkeypatch.setattr(payloads_module, "JSON_EACH", json_each)
+    store = PayloadStore(tmp_path / "p.sqlite")
+    ids = np.array([-(2**63), -1, 0, 7, 2**63 - 1], dtype=np.int64)
+    store.upsert(ids, [{"n": i} for i in range(5)])
+    store.upsert(ids[[1, 3, 4]], None)
+    got = store.get(ids.tolist() + [8])
+    assert got == {-(2**63): {"n": 0}, -1: None, 0: {"n": 2}, 7: None, 2**63 - 1: None}
+    store.upsert(np.array([8, 9], dtype=np.int64), None)
+    assert store.count() == 7 and compile_filter({"must": [{"key": "n", "range": {"gte": 0}}]}).allowed(store).tolist() == [-(2**63), 0]
+    store.close()
 
 
 def test_values_never_reach_the_sql_text(tmp_path):

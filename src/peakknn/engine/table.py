@@ -75,20 +75,21 @@ class ScanFrame:
     @classmethod
     def of(cls, x32: torch.Tensor) -> "ScanFrame":
         """The frame of rows f32[n, d]: their mean and the power of two nearest 1 / their rms
-        distance from it (1 for no rows or no spread), in two float64 passes over blocks of rows
-        (FRAME_BLOCK_BYTES of temporaries)."""
+        distance from it (1 for no rows or no spread), in two passes over blocks of rows
+        (FRAME_BLOCK_BYTES of temporaries): a float64 sum, then float32 sums of squared differences
+        from the float32 mean (a power of two needs no more digits) added in float64."""
         n, d = x32.shape
         if n == 0:
             return cls(torch.zeros(d, dtype=torch.float32, device=x32.device))
         block = max(1, FRAME_BLOCK_BYTES // (8 * d))
         total = torch.zeros(d, dtype=torch.float64, device=x32.device)
         for i in range(0, n, block):
-            total += x32[i : i + block].sum(0, dtype=torch.float64)
-        mean = total / n
+            total += x32[i : i + block].double().sum(0)  # (5x faster than sum(0, dtype=float64) on a CPU)
+        mean = (total / n).to(torch.float32)
         squares = 0.0
         for i in range(0, n, block):
-            squares += float(((x32[i : i + block].double() - mean) ** 2).sum())
-        return cls(mean.to(torch.float32), power_of_two_scale(squares / n))
+            squares += float(torch.square(x32[i : i + block] - mean).sum())
+        return cls(mean, power_of_two_scale(squares / n))
 
     @classmethod
     def identity(cls, dim: int, device: torch.device | str = "cpu") -> "ScanFrame":
@@ -114,7 +115,10 @@ class ScanFrame:
     def holds(self, x32: torch.Tensor) -> bool:
         """True when rows x land within FRAME_RANGE of the centre in frame units (a frame taken
         from other rows can be far too fine for them: then it must be taken anew)."""
-        return not x32.numel() or float((x32 - self.centre).abs().max()) * self.scale <= FRAME_RANGE
+        if not x32.numel():
+            return True
+        high, low = torch.amax(x32, 0), torch.amin(x32, 0)  # no temporaries of x's size (aminmax(dim=0) is 5x slower)
+        return float(torch.maximum(high - self.centre, self.centre - low).max()) * self.scale <= FRAME_RANGE
 
     @property
     def offset_matters(self) -> bool:

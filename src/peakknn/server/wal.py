@@ -46,6 +46,7 @@ FIXED = struct.Struct("<QBII")  # seq, op, count, dim
 UPSERT, DELETE = 1, 2
 OPS = {UPSERT: "upsert", DELETE: "delete"}
 MAX_BODY = (1 << 32) - 1  # the length field's range
+IOV_MAX = 16  # buffers per writev call (POSIX's minimum; a record has at most 6)
 SEGMENT = re.compile(r"wal-(\d{20})\.log")
 
 
@@ -63,20 +64,34 @@ class Record:
 
 def encode(record: Record) -> bytes:
     """The record's bytes (header and body) as the log stores them."""
+    return b"".join(encode_parts(record))
+
+
+def encode_parts(record: Record) -> list:
+    """`encode`'s bytes as a list of buffers (the vectors are not copied; `_write_all` writes them
+    with one writev)."""
     ids = np.ascontiguousarray(record.ids, dtype="<i8")
     if record.op == "upsert":
         vectors = np.ascontiguousarray(record.vectors, dtype="<f4")
         op, dim = UPSERT, vectors.shape[1]
         payloads = b"" if record.payloads is None else json.dumps(record.payloads, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-        parts = [FIXED.pack(record.seq, op, ids.size, dim), ids.tobytes(), vectors.tobytes(), struct.pack("<I", len(payloads)), payloads]
+        parts = [FIXED.pack(record.seq, op, ids.size, dim), _raw(ids), _raw(vectors), struct.pack("<I", len(payloads)), payloads]
     elif record.op == "delete":
-        parts = [FIXED.pack(record.seq, DELETE, ids.size, 0), ids.tobytes(), struct.pack("<I", 0)]
+        parts = [FIXED.pack(record.seq, DELETE, ids.size, 0), _raw(ids), struct.pack("<I", 0)]
     else:
         raise ValueError(f"unknown op {record.op!r}")
-    body = b"".join(parts)
-    if len(body) > MAX_BODY:
-        raise ValueError(f"a log record holds at most {MAX_BODY} bytes, this one {len(body)}")
-    return HEADER.pack(len(body), zlib.crc32(body)) + body
+    size, crc = 0, 0
+    for part in parts:
+        size += len(part)
+        crc = zlib.crc32(part, crc)
+    if size > MAX_BODY:
+        raise ValueError(f"a log record holds at most {MAX_BODY} bytes, this one {size}")
+    return [HEADER.pack(size, crc), *parts]
+
+
+def _raw(a: np.ndarray):
+    """The bytes of a C-contiguous array, not copied."""
+    return memoryview(a).cast("B") if a.size else b""
 
 
 def decode(body: bytes) -> Record:
@@ -240,10 +255,10 @@ class WriteAheadLog:
 
     # ----------------------------------------------------------------- writes
     def append_upsert(self, ids: np.ndarray, vectors: np.ndarray, payloads: list | None) -> int:
-        return self._append(lambda seq: encode(Record(seq, "upsert", ids, vectors, payloads)))
+        return self._append(lambda seq: encode_parts(Record(seq, "upsert", ids, vectors, payloads)))
 
     def append_delete(self, ids: np.ndarray) -> int:
-        return self._append(lambda seq: encode(Record(seq, "delete", ids)))
+        return self._append(lambda seq: encode_parts(Record(seq, "delete", ids)))
 
     def _append(self, make) -> int:
         with self._cond:
@@ -256,7 +271,7 @@ class WriteAheadLog:
                 self._broken = f"append failed: {e}"
                 raise
             self.last_seq = seq
-            self.bytes += len(data)
+            self.bytes += sum(len(p) for p in data)
             return seq
 
     def sync(self, seq: int | None = None) -> None:
@@ -346,7 +361,7 @@ class WriteAheadLog:
         old = path.stat().st_size if path.exists() else 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
-            _write_all(fd, MAGIC)
+            _write_all(fd, [MAGIC])
             os.fsync(fd)
         except OSError:
             os.close(fd)
@@ -356,11 +371,17 @@ class WriteAheadLog:
         self.bytes += len(MAGIC) - old
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _write_all(fd: int, parts: list) -> None:
+    """Write the buffers (bytes or byte memoryviews) in order, however many calls it takes."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views[:IOV_MAX]) if hasattr(os, "writev") else os.write(fd, views[0])
+        while n:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 def _fdatasync(fd: int) -> None:
