@@ -13,8 +13,11 @@ Writes: vectors are checked here (shape, dim, finite values, ids) before anythin
 input stores nothing. Large arrays go in batches of `batch_size` rows in the server's binary form
 (.npy bodies for runs of ids without payloads, else `vectors_b64`: base64 of little-endian float32 rows), with a tqdm progress bar when there is more
 than one batch (`progress=False` hides it); a batch the server refuses as too large (413) is
-split in halves until it fits. Each batch is durable once the server acknowledges it; a transfer
-interrupted after some batches leaves those batches stored. Many queries are searched in
+split in halves until it fits. Uploads keep UPLOAD_IN_FLIGHT batches in flight (one crosses the
+network while the server stores the other; the ids of one call are distinct, so the order in
+which batches are stored does not matter). Each batch is durable once the server acknowledges
+it; a transfer interrupted after some batches leaves those batches stored (and possibly the one
+in flight beside the batch that failed). Many queries are searched in
 batches the same way.
 
 `add` vs `upsert`: the server only upserts. `add` mirrors `Index.add` with one extra round trip:
@@ -34,11 +37,13 @@ timed out, broken connection) raises ConnectionError naming the URL.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import io
 import math
 import urllib.parse
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -53,6 +58,7 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 
 BATCH_BYTES = 8 << 20  # default batch: about 8 MiB of float32 rows per request (11 MiB as base64)
 BINARY_MIN_ROWS = 64  # requests of fewer rows send JSON lists ("vectors"), larger ones vectors_b64
+UPLOAD_IN_FLIGHT = 2  # upload requests at once: one crosses the network while the server stores another (docs/SERVER.md)
 DEFAULT_TIMEOUT = 60.0  # seconds per request (a write waits for its fsync)
 
 
@@ -226,8 +232,8 @@ class Collection:
         rows = self._batch_rows(batch_size)
         show = (self.client.progress if progress is None else progress) and len(ids) > rows
         bar = _progress(len(ids), f"upsert {self.name}") if show else None
-        try:
-            for done, _ in self._send("PUT", "/points", len(ids), rows, body):
+        try:  # ids are distinct (as_ids), so batches may be stored in any order
+            for done, _ in self._send("PUT", "/points", len(ids), rows, body, UPLOAD_IN_FLIGHT):
                 if bar is not None:
                     bar.update(done - bar.n)
         finally:
@@ -326,13 +332,37 @@ class Collection:
             return _positive("batch_size", batch_size)
         return self.client.batch_size or max(1, BATCH_BYTES // (4 * self.dim))
 
-    def _send(self, method: str, path: str, n: int, rows: int, body):
+    def _send(self, method: str, path: str, n: int, rows: int, body, in_flight: int = 1):
         """Send rows [0, n) as requests of at most `rows` rows each (body(a, b): the request's
         keyword arguments: json=..., or content=/params=/headers= for a .npy body), yielding (rows done,
-        answer) after each; on a 413 the request is split in halves, and later ones stay that small."""
-        done = 0
-        while done < n:
-            stop = min(n, done + min(rows, self._max_rows or rows))
+        answer) for each in order; up to `in_flight` requests at once (threads sharing the
+        connection pool). After an error no further request is sent (those in flight finish) and
+        the first error in row order is raised."""
+        ranges = [(a, min(n, a + rows)) for a in range(0, n, rows)]
+        if in_flight <= 1 or len(ranges) <= 1:
+            for a, b in ranges:
+                for stop, answer in self._send_range(method, path, a, b, body):
+                    yield stop, answer
+            return
+        with ThreadPoolExecutor(in_flight, thread_name_prefix="peakknn-upload") as pool:
+            pending: collections.deque = collections.deque()
+            try:
+                for a, b in ranges:
+                    pending.append(pool.submit(lambda a=a, b=b: list(self._send_range(method, path, a, b, body))))
+                    if len(pending) >= in_flight:
+                        yield from pending.popleft().result()
+                while pending:
+                    yield from pending.popleft().result()
+            finally:  # an error (or the caller stopped): nothing more is sent
+                for f in pending:
+                    f.cancel()
+
+    def _send_range(self, method: str, path: str, a: int, b: int, body):
+        """Rows [a, b) as one request, yielding (rows done, answer); on a 413 it is split in halves,
+        and later requests stay that small."""
+        done = a
+        while done < b:
+            stop = min(b, done + (self._max_rows or b - done))
             try:
                 answer = self.client._request(method, self._path + path, **body(done, stop))
             except PayloadTooLarge:

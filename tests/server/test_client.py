@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from serve_helpers import free_port
 
 import peakknn
-from peakknn.client import BINARY_MIN_ROWS, Client, PayloadTooLarge, RemoteSearchResult
+from peakknn.client import BINARY_MIN_ROWS, UPLOAD_IN_FLIGHT, Client, PayloadTooLarge, RemoteSearchResult
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_binary_bulk_upload_in_batches(client, capsys):
     h = fresh(client, dim, metric="ip", dtype="fp32")
     ids = np.arange(10, 10 + n)
     h.upsert(x, ids, batch_size=batch, progress=True)  # runs of ids, no payloads: raw .npy bodies
-    assert sent[0] == {"npy", "10:710"} and len(sent) == -(-n // batch) and all("npy" in s for s in sent)
+    assert {"npy", "10:710"} in sent and len(sent) == -(-n // batch) and all("npy" in s for s in sent)  # two at a time: any order
     assert "upsert" in capsys.readouterr().err  # the tqdm bar
     assert len(h) == n
     got = h.get(ids[::7])
@@ -152,6 +153,32 @@ def test_binary_bulk_upload_in_batches(client, capsys):
     )
     np.testing.assert_array_equal(h.search(q, k=10, recall_target=1.0).ids, local.search(q, 10, recall_target=1.0).ids)
     assert len(sent) == 1 and "vectors_b64" in sent[0] and "vectors" not in sent[0]
+
+
+def test_uploads_keep_two_batches_in_flight(client):
+    n, dim, batch = 4000, 16, 200
+    x = data(n, dim, seed=20)
+    in_flight, most, lock = [0], [0], threading.Lock()
+
+    def sent(r):
+        if r.url.path.endswith("/points"):
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+
+    def answered(r):
+        if r.request.url.path.endswith("/points"):
+            with lock:
+                in_flight[0] -= 1
+
+    client._http.event_hooks["request"].append(sent)
+    client._http.event_hooks["response"].append(answered)
+    h = fresh(client, dim, dtype="fp32")
+    h.upsert(x, np.arange(n), batch_size=batch)
+    assert most[0] == UPLOAD_IN_FLIGHT == 2  # 20 batches: they overlapped, never more than two
+    np.testing.assert_array_equal(h.get(np.arange(0, n, 7)).vectors, x[::7])
+    with pytest.raises(ValueError, match="duplicates"):  # so the order batches are stored in cannot matter
+        h.upsert(x[:2], [5, 5])
 
 
 def test_too_large_bodies_are_split(serve):

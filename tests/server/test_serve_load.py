@@ -20,7 +20,7 @@ def _script():
 def test_serve_load_smoke(tmp_path):
     out = tmp_path / "serve_load.json"
     argv = ["--n", "2000", "--d", "32", "--nq", "100", "--clients", "8", "--seconds", "1", "--warmup", "0.2", "--rounds", "1",
-            "--lib-seconds", "0.2", "--add-repeat", "1", "--verify", "4", "--out", str(out), "--quiet"]  # fmt: skip
+            "--lib-seconds", "0.2", "--verify", "4", "--out", str(out), "--quiet"]  # fmt: skip
     assert _script().main(argv) == 0
     res = json.loads(out.read_text())
     assert out.with_suffix(".md").read_text().startswith(res["dataset"])
