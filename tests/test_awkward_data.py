@@ -148,3 +148,26 @@ def test_one_row_has_no_spread_and_a_unit_scale():
     assert frame.scale == 1.0 and torch.equal(frame.centre, torch.full((8,), 3.0))
     frame = ScanFrame.of(torch.full((5, 8), 3.0))  # identical rows: no spread, not rounding noise
     assert frame.scale == 1.0
+
+
+@pytest.mark.parametrize("size", [1e-25, 1e-12, 1.0, 1e5, 2e16, 5e16])
+def test_the_frame_scale_is_the_power_of_two_of_the_float64_spread(size):
+    """Huge rows (float32 squares overflow) and tiny ones (they underflow) get the scale a float64
+    pass gives: the nearest power of two to 1 / rms, so later rows of that size stay in frame and
+    writes do not re-centre the whole table."""
+    import math
+
+    from peakknn.engine.table import ScanFrame, power_of_two_scale
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40_000, 128, generator=g) * size + 3 * size
+    x64 = x.double()
+    want = power_of_two_scale(float(((x64 - x64.mean(0)) ** 2).sum()) / len(x))
+    frame = ScanFrame.of(x)
+    assert frame.scale == want and math.isfinite(frame.scale)
+    assert frame.holds(torch.randn(10, 128, generator=g) * size)
+    index = peakknn.Index(128)
+    index.add(x[:20_000])
+    before = index._frame
+    index.upsert(x[20_000:20_010], ids=range(10))
+    assert index._frame is before  # in frame: no re-centring

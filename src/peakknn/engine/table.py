@@ -32,6 +32,7 @@ SCAN_ALIGN = 8  # scan rows are padded to a multiple of this width (16 bytes of 
 LOW_DIMS = 16  # below this many dims scans run in fp32 (`scan_dtype_for`)
 FRAME_BLOCK_BYTES = 16 << 20  # float64 temporaries per block when a frame is measured
 FRAME_RANGE = 2.0**24  # frame coordinates beyond this (2^24 rms spreads out) mean the frame is stale
+SQUARES_SAFE = (1e-20, 1e30)  # a float32 sum of squares outside this may have lost squares to overflow or underflow
 
 
 class Table(Protocol):
@@ -77,7 +78,8 @@ class ScanFrame:
         """The frame of rows f32[n, d]: their mean and the power of two nearest 1 / their rms
         distance from it (1 for no rows or no spread), in two passes over blocks of rows
         (FRAME_BLOCK_BYTES of temporaries): a float64 sum, then float32 sums of squared differences
-        from the float32 mean (a power of two needs no more digits) added in float64."""
+        from the float32 mean (a power of two needs no more digits) added in float64; a block
+        whose float32 sum leaves SQUARES_SAFE (huge or tiny rows) is summed in float64."""
         n, d = x32.shape
         if n == 0:
             return cls(torch.zeros(d, dtype=torch.float32, device=x32.device))
@@ -88,7 +90,11 @@ class ScanFrame:
         mean = (total / n).to(torch.float32)
         squares = 0.0
         for i in range(0, n, block):
-            squares += float(torch.square(x32[i : i + block] - mean).sum())
+            rows = x32[i : i + block]
+            part = float(torch.square(rows - mean).sum())
+            if not SQUARES_SAFE[0] <= part <= SQUARES_SAFE[1]:  # float32 squares overflowed or came near underflow
+                part = float(((rows.double() - total / n) ** 2).sum())
+            squares += part
         return cls(mean, power_of_two_scale(squares / n))
 
     @classmethod
