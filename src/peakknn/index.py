@@ -80,10 +80,8 @@ class Index:
         self.device = check_device(device)
         self.recall_target = check_recall_target(recall_target)
         self.seed = check_int("seed", seed, 0)
-        if not isinstance(packed_scan, bool):
-            raise TypeError(f"packed_scan must be True or False, got {packed_scan!r}")
-        self.packed_scan = packed_scan
         self._packed = PackedRows()  # filled at the first search that uses it
+        self.packed_scan = packed_scan
         self._lock = RWLock()  # searches and saves read, updates write (peakknn._locks)
         self._slots = SlotStore(self.device, placement_seed=self.seed)
         self._vectors = torch.empty(0, self.dim, dtype=torch.float32, device=self.device)
@@ -104,6 +102,19 @@ class Index:
             f"Index(dim={self.dim}, metric={self.metric!r}, precision={self.precision!r}, "
             f"device={str(self.device)!r}, size={len(self)}, capacity={self._slots.capacity})"
         )
+
+    @property
+    def packed_scan(self) -> bool:
+        """Whether small query batches scan packed rows (see the class); setting False frees them."""
+        return self._packed_scan
+
+    @packed_scan.setter
+    def packed_scan(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise TypeError(f"packed_scan must be True or False, got {on!r}")
+        self._packed_scan = on
+        if not on:
+            self._packed.changed(None)
 
     @property
     def precision(self) -> str:

@@ -61,12 +61,40 @@ def test_packed_rows_repack_what_changed(dtype):
     rows[95] = -3  # beyond the full chunks
     p.changed(torch.tensor([31, 95]))
     agree(100, 30)
-    agree(100, 25)  # another height: everything packed anew
+    for _ in range(packed.SWITCH_AFTER - 1):  # another height: plain products, the packs stay
+        assert p.chunks(rows, 100, 25) is None
+        agree(100, 30)  # (which also breaks the run of requests at 25)
+    for _ in range(packed.SWITCH_AFTER - 1):
+        assert p.chunks(rows, 100, 25) is None
+    agree(100, 25)  # SWITCH_AFTER in a row: everything packed anew at that height
     rows[:] = small_integers(100, 16, seed=3).to(dtype)
     p.changed(None)
     agree(100, 25)
     agree(60, 25)  # fewer rows: the chunks beyond are dropped
     agree(100, 25)  # and packed again when the rows come back
+
+
+def test_packing_that_fails_is_given_up(monkeypatch):
+    p = PackedRows()
+
+    def refuse(rows):
+        raise RuntimeError("no oneDNN here")
+
+    monkeypatch.setattr(packed, "pack", refuse)
+    assert p.chunks(torch.zeros(40, 8), 40, 10) is None and "no oneDNN" in p.failed
+    monkeypatch.undo()
+    assert p.chunks(torch.zeros(40, 8), 40, 10) is None  # for good
+
+
+def test_turning_packed_scan_off_frees_the_packs(always_packed):
+    index = Index(16, packed_scan=True)
+    index.add(small_integers(5000, 16))
+    index.search(small_integers(3, 16, seed=1), 5)
+    assert index._packed.nbytes > 0
+    index.packed_scan = False
+    assert index._packed.nbytes == 0 and index.packed_scan is False
+    with pytest.raises(TypeError, match="packed_scan"):
+        index.packed_scan = "yes"
 
 
 def _searches(a, b, queries, k):

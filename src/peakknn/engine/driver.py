@@ -78,7 +78,7 @@ def run_search(
         block = query_block(plan.chunk, table.scan_dtype.itemsize, max_memory, ceilings.pass_queries(table.scan_dtype))
         # packed rows (engine.packed) where the table keeps them and a block is small enough to gain
         packed_chunks = getattr(table, "packed_chunks", None)
-        packed = packed_chunks(plan.chunk) if packed_chunks is not None and min(nq, block) <= ceilings.packed(table.scan_dtype) else None
+        packed = packed_chunks(plan.chunk) if packed_chunks is not None and min(nq, block) <= ceilings.packed(table.scan_dtype) else None  # None: plain products
 
         def candidates(q):
             chunks = packed if packed is not None and q.shape[0] <= ceilings.packed(table.scan_dtype) else None

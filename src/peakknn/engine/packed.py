@@ -45,17 +45,25 @@ def supported(dtype: torch.dtype) -> bool:
         return False
 
 
+SWITCH_AFTER = 8  # searches in a row at another chunk height before the packs are made anew for it
+
+
 class PackedRows:
-    """The full chunks of a table's scan rows, packed (`pack`); thread-safe.
+    """The full chunks of a table's scan rows, packed (`pack`) at one chunk height; thread-safe.
 
     Writers report the slots they wrote (`changed`); `chunks` packs, before it answers, every
-    chunk that changed or is new, and everything when asked for another chunk height."""
+    chunk that changed or is new. A search plan's chunk height depends on k, the recall target
+    and n: searches at another height get None (plain products) until SWITCH_AFTER of them came in
+    a row, then the rows are packed anew at that height, so mixed traffic never repacks on every
+    search. If packing fails (this torch or CPU cannot), every later call answers None."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._height = 0  # rows per packed chunk (0: nothing packed yet)
         self._chunks: list[torch.Tensor] = []
         self._stale: set[int] = set()  # chunks whose rows were written since they were packed
+        self._other, self._asked = 0, 0  # another height asked for, and how many times in a row
+        self.failed: str | None = None  # why packing was given up
 
     def changed(self, slots: torch.Tensor | None = None) -> None:
         """Rows at `slots` (i64, any shape; None: every row) were written."""
@@ -63,25 +71,41 @@ class PackedRows:
             if not self._chunks:
                 return
             if slots is None:
-                self._chunks, self._stale = [], set()
+                self._chunks, self._stale, self._height = [], set(), 0
             elif slots.numel():
                 self._stale.update(torch.unique(slots.reshape(-1) // self._height).tolist())
 
-    def chunks(self, rows: torch.Tensor, n: int, height: int) -> list[torch.Tensor]:
-        """Chunk c (rows [c * height, (c + 1) * height) of rows[:n]) packed, for c < n // height."""
+    def chunks(self, rows: torch.Tensor, n: int, height: int) -> list[torch.Tensor] | None:
+        """Chunk c (rows [c * height, (c + 1) * height) of rows[:n]) packed, for c < n // height;
+        None where the packs are kept at another height (see the class) or packing failed."""
         with self._lock:
+            if self.failed is not None:
+                return None
+            if height != self._height and self._height:
+                self._asked = self._asked + 1 if height == self._other else 1
+                self._other = height
+                if self._asked < SWITCH_AFTER:
+                    return None
+            self._other, self._asked = 0, 0
             if height != self._height:
                 self._chunks, self._stale, self._height = [], set(), height
-            full = n // height
-            del self._chunks[full:]
-            for c in sorted(self._stale):
-                if c < len(self._chunks):
-                    self._chunks[c] = pack(rows[c * height : (c + 1) * height])
-            self._stale = set()
-            while len(self._chunks) < full:
-                c = len(self._chunks)
-                self._chunks.append(pack(rows[c * height : (c + 1) * height]))
+            try:
+                self._pack(rows, n, height)
+            except (RuntimeError, NotImplementedError) as e:  # e.g. a cached ceiling from a CPU that could
+                self.failed, self._chunks, self._stale = f"packing failed: {e}", [], set()
+                return None
             return list(self._chunks)
+
+    def _pack(self, rows: torch.Tensor, n: int, height: int) -> None:
+        full = n // height
+        del self._chunks[full:]
+        for c in sorted(self._stale):
+            if c < len(self._chunks):
+                self._chunks[c] = pack(rows[c * height : (c + 1) * height])
+        self._stale = set()
+        while len(self._chunks) < full:
+            c = len(self._chunks)
+            self._chunks.append(pack(rows[c * height : (c + 1) * height]))
 
     @property
     def nbytes(self) -> int:
