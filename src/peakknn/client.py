@@ -348,6 +348,8 @@ class Collection:
             pending: collections.deque = collections.deque()
             try:
                 for a, b in ranges:
+                    if any(f.done() and f.exception() is not None for f in pending):
+                        break  # a later batch failed while an earlier one is in flight: send nothing more
                     pending.append(pool.submit(lambda a=a, b=b: list(self._send_range(method, path, a, b, body))))
                     if len(pending) >= in_flight:
                         yield from pending.popleft().result()

@@ -181,6 +181,34 @@ def test_uploads_keep_two_batches_in_flight(client):
         h.upsert(x[:2], [5, 5])
 
 
+def test_no_upload_is_sent_after_one_failed():
+    """Batch 1 fails while batch 0 is still in flight: batch 2 is never sent, and the error of
+    batch 1 is raised (a fake server: httpx.MockTransport)."""
+    import time
+
+    import httpx
+
+    sent, lock = [], threading.Lock()
+
+    def handler(request):
+        if request.method == "GET":  # the collection's info
+            return httpx.Response(200, json={"name": "c", "dim": 4, "metric": "ip", "count": 0})
+        start = int(request.url.params["ids"].split(":")[0])
+        with lock:
+            sent.append(start)
+        if start == 0:
+            time.sleep(0.3)
+            return httpx.Response(200, json={"upserted": 100, "seq": 1})
+        return httpx.Response(500, json={"error": "disk full"})
+
+    with Client("http://fake", progress=False) as c:
+        c._http = httpx.Client(base_url="http://fake", transport=httpx.MockTransport(handler))
+        h = c.collection("c")
+        with pytest.raises(RuntimeError, match="disk full"):
+            h.upsert(np.ones((500, 4), dtype=np.float32), np.arange(500), batch_size=100)
+    assert sorted(sent) == [0, 100]
+
+
 def test_too_large_bodies_are_split(serve):
     server = serve(args=("--max-body-mb", "0.25"))  # 256 KiB: 2,000 x 64 float32 rows are 683 KiB as base64
     n, dim = 2000, 64

@@ -32,6 +32,7 @@ nothing from a request is ever formatted into the SQL text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -46,7 +47,19 @@ MAX_NESTING = 8
 MAX_ANY = 1024  # values in one "any"
 INT64 = (-(2**63), 2**63 - 1)
 CHUNK = 500  # ids per IN (...) query: below SQLite's parameter limit
-JSON_EACH = sqlite3.sqlite_version_info >= (3, 38, 0)  # JSON functions built in by default from 3.38
+
+
+def _has_json_each() -> bool:
+    """Whether this SQLite has its JSON functions (built in by default from 3.38; older builds
+    may lack them)."""
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as db:
+            return db.execute("SELECT value FROM json_each('[7]')").fetchone() == (7,)
+    except sqlite3.Error:
+        return False
+
+
+JSON_EACH = _has_json_each()  # upserts without payloads: one statement over json_each
 
 
 class PayloadStore:
