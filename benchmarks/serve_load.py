@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--d", type=int, default=384, help="synthetic dimension (default: %(default)s)")
     p.add_argument("--nq", type=int, default=1000, help="synthetic queries (default: %(default)s)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--clients", type=int, default=64, help="concurrent client threads (default: %(default)s)")
+    p.add_argument("--clients", type=int, default=64, help="concurrent keep-alive connections, one request in flight each (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per round and server (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=1.0, help="untimed seconds before each round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, help="rounds per server, interleaved on/off (default: %(default)s)")

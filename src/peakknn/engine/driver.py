@@ -77,12 +77,12 @@ def run_search(
     else:
         block = query_block(plan.chunk, table.scan_dtype.itemsize, max_memory, ceilings.pass_queries(table.scan_dtype))
         # packed rows (engine.packed) where the table keeps them and a block is small enough to gain
+        # (every block then holds at most min(nq, block) queries)
         packed_chunks = getattr(table, "packed_chunks", None)
         packed = packed_chunks(plan.chunk) if packed_chunks is not None and min(nq, block) <= ceilings.packed(table.scan_dtype) else None  # None: plain products
 
         def candidates(q):
-            chunks = packed if packed is not None and q.shape[0] <= ceilings.packed(table.scan_dtype) else None
-            return torch_scan.scan_cells(table, scan_queries(q, table.scan_dtype), plan, chunks)
+            return torch_scan.scan_cells(table, scan_queries(q, table.scan_dtype), plan, packed)
 
     want = min(k, table.live)  # results every query must get, however sparse the live rows
 

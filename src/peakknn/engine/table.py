@@ -87,13 +87,14 @@ class ScanFrame:
         total = torch.zeros(d, dtype=torch.float64, device=x32.device)
         for i in range(0, n, block):
             total += x32[i : i + block].double().sum(0)  # (5x faster than sum(0, dtype=float64) on a CPU)
-        mean = (total / n).to(torch.float32)
+        mean64 = total / n
+        mean = mean64.to(torch.float32)
         squares = 0.0
         for i in range(0, n, block):
             rows = x32[i : i + block]
             part = float(torch.square(rows - mean).sum())
             if not SQUARES_SAFE[0] <= part <= SQUARES_SAFE[1]:  # float32 squares overflowed or came near underflow
-                part = float(((rows.double() - total / n) ** 2).sum())
+                part = float(((rows.double() - mean64) ** 2).sum())
             squares += part
         return cls(mean, power_of_two_scale(squares / n))
 

@@ -245,14 +245,19 @@ def _npy_view(raw: bytes) -> np.ndarray:
 CLEARLY_BELOW = 0.999  # float32 squared norms below this share of MAX_NORM^2 need no float64 check
 
 
+def _clearly_within(x: np.ndarray) -> bool:
+    """True for native float32 rows whose float32 squared norms are finite and below
+    CLEARLY_BELOW * MAX_NORM^2 (binary bodies: then the float64 checks can find nothing)."""
+    if x.dtype != np.float32:
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = np.einsum("ij,ij->i", x, x)
+    return bool(np.isfinite(squares).all()) and float(squares.max()) < CLEARLY_BELOW * MAX_NORM**2
+
+
 def _finite32(x: np.ndarray, what: str) -> np.ndarray:
     """x as C-order native float32 after checking that it is finite and within float32."""
-    if x.size and x.dtype == np.float32:  # binary bodies: squared norms in float32 settle most of them
-        with np.errstate(over="ignore", invalid="ignore"):
-            squares = np.einsum("ij,ij->i", x, x)
-        if np.isfinite(squares).all() and float(squares.max()) < CLEARLY_BELOW * MAX_NORM**2:
-            return x.copy(order="C")  # finite, and every norm well within MAX_NORM
-    if x.size:
+    if x.size and not _clearly_within(x):
         # Row norms in float64 without a float64 copy of x (einsum casts in small buffers: large
         # temporaries cost a page fault per 4 KiB when every request maps fresh memory).
         with np.errstate(over="ignore", invalid="ignore"):  # inf / nan rows are found below
