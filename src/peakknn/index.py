@@ -54,7 +54,7 @@ class Index:
     keyword `dtype` still works, with a DeprecationWarning); device: where the arrays live ("cpu"
     or a CUDA device); recall_target: default for search; seed: seeds slot placement (results are
     reproducible for a given seed and history); packed_scan: also keep the scan rows packed for
-    the CPU's matrix kernel (`peakknn.engine.packed`: small query batches scan up to 1.7x faster,
+    the CPU's matrix kernel (`peakknn.engine.packed`: searches of few queries run up to 1.6x faster,
     for the scan rows' memory once more; a settable attribute, not saved; no effect on CUDA).
     """
 
